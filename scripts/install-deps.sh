@@ -21,8 +21,10 @@ BUILD_PKGS=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   # promtool (exposition check) and the real Prometheus for integration tests
   prometheus
-  # Python client test: stubs generated from proto/ at test time
-  python3 python3-grpcio python3-grpc-tools python3-protobuf
+  # Python client test: stubs generated from proto/ at test time with protoc
+  # and grpc_python_plugin (Debian's python3-grpc-tools bundles protoc 3.5,
+  # which predates proto3 `optional`)
+  python3 python3-grpcio python3-protobuf
   # libFuzzer targets and sanitizer runtimes
   clang libclang-rt-14-dev
   # process helpers used by integration tests
@@ -31,7 +33,7 @@ BUILD_PKGS=(
 
 RUNTIME_PKGS=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libdnnl2 libabsl20220623 libutf8proc2
-  libsentencepiece0 libgomp1 ca-certificates
+  libsentencepiece0 libgomp1 libcpp-httplib0.11 ca-certificates
 )
 
 pkgs=("${BUILD_PKGS[@]}")

@@ -1,0 +1,75 @@
+#include "engine/loaded_model.h"
+
+#include <filesystem>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/model_config.h"
+#include "engine/safetensors.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/tokenizer_factory.h"
+
+namespace maskserve::engine {
+namespace {
+
+bool IsEncoderFamily(ModelFamily f) {
+  return f == ModelFamily::kBert || f == ModelFamily::kRoberta || f == ModelFamily::kRoformer;
+}
+
+ModelDescription Describe(const ModelConfig& c, const SafetensorsModel& weights,
+                          ComputeDtype dtype) {
+  ModelDescription d;
+  d.architecture = c.model_type;
+  if (IsEncoderFamily(c.family)) d.tasks.push_back(ModelTask::kEmbed);
+  d.max_sequence_length = static_cast<int>(c.max_position_embeddings);
+  if (c.family == ModelFamily::kRoberta && c.pad_token_id.has_value() &&
+      d.max_sequence_length > *c.pad_token_id + 1) {
+    // RoBERTa positions start after padding_idx, so two table rows are unusable.
+    d.max_sequence_length -= static_cast<int>(*c.pad_token_id + 1);
+  }
+  if (c.max_seq_length.has_value() && *c.max_seq_length > 0 &&
+      (d.max_sequence_length == 0 || *c.max_seq_length < d.max_sequence_length)) {
+    d.max_sequence_length = static_cast<int>(*c.max_seq_length);
+  }
+  d.dtype = dtype;
+  d.hidden_size = static_cast<int>(c.hidden_size);
+  d.vocab_size = static_cast<int>(c.vocab_size);
+  d.num_layers = static_cast<int>(c.num_hidden_layers);
+  d.num_heads = static_cast<int>(c.num_attention_heads);
+  for (const auto& f : weights.files()) {
+    for (const TensorInfo& t : f->tensors()) d.num_parameters += t.num_elements();
+  }
+  d.default_pooling = c.default_pooling.value_or(PoolingMode::kCls);
+  d.default_normalize = c.normalize;
+  return d;
+}
+
+}  // namespace
+
+LoadedModel::LoadedModel(ModelDescription description, std::unique_ptr<ModelConfig> config,
+                         std::unique_ptr<Tokenizer> tokenizer)
+    : description_(std::move(description)),
+      config_(std::move(config)),
+      tokenizer_(std::move(tokenizer)) {}
+
+LoadedModel::~LoadedModel() = default;
+
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::Load(const LoadOptions& options) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(options.path, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("model directory '", options.path, "' does not exist or is not a directory"));
+  }
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(options.path);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<std::unique_ptr<SafetensorsModel>> weights = SafetensorsModel::Open(options.path);
+  if (!weights.ok()) return weights.status();
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(options.path);
+  if (!tokenizer.ok()) return tokenizer.status();
+  ModelDescription description = Describe(*config, **weights, options.dtype);
+  return std::make_unique<LoadedModel>(std::move(description),
+                                       std::make_unique<ModelConfig>(std::move(*config)),
+                                       std::move(*tokenizer));
+}
+
+}  // namespace maskserve::engine

@@ -1,0 +1,48 @@
+// A model checkpoint loaded and ready to serve: its description, tokenizer
+// and (as the engine grows) its encoder / generator. Immutable after Load
+// and shared by every request that uses it, so it is safe to use from many
+// threads at once.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/model_description.h"
+
+namespace maskserve::engine {
+
+class Tokenizer;
+struct ModelConfig;
+
+struct LoadOptions {
+  // HuggingFace checkpoint directory (config.json, model.safetensors, tokenizer files).
+  std::string path;
+  // Precision to pack weights in.
+  ComputeDtype dtype = ComputeDtype::kFloat32;
+};
+
+class LoadedModel {
+ public:
+  // Reads config, tokenizer and weights from options.path. Errors name the
+  // file (and tensor) at fault; nothing here crashes on corrupt input.
+  static absl::StatusOr<std::unique_ptr<LoadedModel>> Load(const LoadOptions& options);
+
+  // For tests and tools that assemble a model from parts.
+  LoadedModel(ModelDescription description, std::unique_ptr<ModelConfig> config,
+              std::unique_ptr<Tokenizer> tokenizer);
+  ~LoadedModel();
+
+  const ModelDescription& description() const { return description_; }
+  // Parsed config.json.
+  const ModelConfig& config() const { return *config_; }
+  // Null when the checkpoint has no tokenizer files (then only ids are accepted).
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+
+ private:
+  ModelDescription description_;
+  std::unique_ptr<ModelConfig> config_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+}  // namespace maskserve::engine

@@ -1,0 +1,83 @@
+// Server configuration: absl flags, an optional JSON config file and
+// MASKSERVE_* environment variables, merged into one ServerOptions.
+// Precedence: command line > environment > config file > built-in default.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/cpu_budget.h"
+
+namespace maskserve::server {
+
+// One --model name=path entry.
+struct ModelSpec {
+  // Name clients use ([A-Za-z0-9_.-]{1,64}).
+  std::string name;
+  // HuggingFace checkpoint directory.
+  std::string path;
+};
+
+struct ServerOptions {
+  // Address the gRPC and metrics listeners bind to.
+  std::string bind = "0.0.0.0";
+  // gRPC port (0 = pick a free port and log it).
+  int port = 50051;
+  // Prometheus /metrics, /healthz, /readyz port (0 = pick a free port, -1 = off).
+  int metrics_port = 9090;
+  // Models to serve; empty = the generated demo model named "demo".
+  std::vector<ModelSpec> models;
+  // Where whitening profiles and the generated demo model live.
+  std::string data_dir = "maskserve-data";
+  // Engine worker threads per model (0 = from the CPU budget).
+  int workers = 0;
+  // oneDNN/OpenMP threads per worker (0 = CPU budget / workers).
+  int intra_op_threads = 0;
+  // Compute precision: "float32", "bfloat16" or "auto" (bf16 where AMX exists).
+  std::string dtype = "float32";
+  // Largest request or response message in bytes.
+  int64_t max_message_bytes = 64 << 20;
+  // Most inputs (texts or id lists) in one Embed/Tokenize request.
+  int max_inputs_per_request = 512;
+  // Most tokens (after tokenisation, summed over inputs) in one request.
+  int max_tokens_per_request = 131072;
+  // Largest max_new_tokens a Generate request may ask for.
+  int max_new_tokens = 4096;
+  // Dynamic batching: most inputs in one engine batch.
+  int max_batch_size = 32;
+  // Dynamic batching: most real (unpadded) tokens in one engine batch.
+  int max_batch_tokens = 16384;
+  // Dynamic batching: longest time the oldest queued input waits for a batch.
+  int64_t max_queue_delay_us = 2000;
+  // Pending inputs per model beyond which requests get RESOURCE_EXHAUSTED.
+  int max_queue_size = 4096;
+  // Paged KV-cache pool size per generative model, in bytes.
+  int64_t kv_cache_bytes = 512ll << 20;
+  // On SIGTERM/SIGINT: how long in-flight requests may take to finish.
+  double shutdown_grace_s = 30;
+  // Minimum log level: debug, info, warn, error.
+  std::string log_level = "info";
+  // Serve gRPC server reflection.
+  bool reflection = true;
+  // CPU cores this process may use (detected, not a flag).
+  CpuBudget cpu;
+};
+
+// Parses argv (absl flags) and merges the config file / environment.
+// Unknown flags and invalid values are errors naming the flag.
+absl::StatusOr<ServerOptions> ParseServerOptions(int argc, char** argv);
+
+// Checks ranges and model specs; messages name the flag.
+absl::Status ValidateServerOptions(const ServerOptions& options);
+
+// Parses "name=path" (or a bare path, named after its directory).
+absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text);
+
+// Writes `contents` to `path` atomically: temp file in the same directory,
+// fsync, rename, fsync of the directory. Readers see the old or the new file,
+// never a torn one.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& contents);
+
+}  // namespace maskserve::server

@@ -1,0 +1,82 @@
+// The models a server hosts and their lifecycle: LOADING -> READY | FAILED.
+// Loading runs on a background thread, one model at a time, so the gRPC
+// server (and health checks reporting NOT_SERVING) are up while large
+// checkpoints load. A model that fails to load stays FAILED with its error;
+// the others serve. Listeners hear every state change (health, metrics).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/loaded_model.h"
+#include "server/config.h"
+
+namespace maskserve::server {
+
+enum class ModelState { kLoading, kReady, kFailed };
+
+const char* ModelStateName(ModelState state);
+
+// A consistent copy of one model's registry entry.
+struct ModelSnapshot {
+  ModelSpec spec;
+  ModelState state = ModelState::kLoading;
+  // Load error (FAILED only).
+  std::string error;
+  // Seconds the load took (READY/FAILED).
+  double load_seconds = 0;
+  // The model (READY only).
+  std::shared_ptr<const engine::LoadedModel> model;
+};
+
+class ModelRegistry {
+ public:
+  using Loader =
+      std::function<absl::StatusOr<std::shared_ptr<const engine::LoadedModel>>(const ModelSpec&)>;
+  using Listener = std::function<void(const ModelSnapshot&)>;
+
+  ModelRegistry(std::vector<ModelSpec> specs, Loader loader);
+  ~ModelRegistry();
+
+  ModelRegistry(const ModelRegistry&) = delete;
+  ModelRegistry& operator=(const ModelRegistry&) = delete;
+
+  // Called on every state change (from the loader thread); add before Start.
+  void AddListener(Listener listener);
+
+  // Starts the background loader thread.
+  void Start();
+
+  // Every model, in configuration order.
+  std::vector<ModelSnapshot> List() const;
+
+  // One model; NOT_FOUND (listing the known names) when absent.
+  absl::StatusOr<ModelSnapshot> Get(const std::string& name) const;
+
+  // A READY model for serving a request: NOT_FOUND when unknown, UNAVAILABLE
+  // while loading, FAILED_PRECONDITION (with the load error) when failed.
+  absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> GetReady(
+      const std::string& name) const;
+
+  // True once no model is LOADING.
+  bool AllSettled() const;
+
+  // Blocks until AllSettled() (tests, start-up logging).
+  void WaitUntilSettled() const;
+
+ private:
+  void LoadAll();
+
+  Loader loader_;
+  mutable absl::Mutex mu_;
+  std::vector<ModelSnapshot> entries_ ABSL_GUARDED_BY(mu_);
+  std::vector<Listener> listeners_;
+  std::thread thread_;
+};
+
+}  // namespace maskserve::server

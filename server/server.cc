@@ -1,0 +1,222 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/demo_model.h"
+#include "server/logging.h"
+#include "server/metrics/process_metrics.h"
+#include "server/services/embedding_service.h"
+#include "server/services/generation_service.h"
+#include "server/services/models_service.h"
+
+namespace maskserve::server {
+
+// Feeds finished RPCs into maskserve_requests_total / _duration_seconds.
+class Server::MetricsObserver : public RpcObserver {
+ public:
+  explicit MetricsObserver(metrics::ServerMetrics* m) : m_(m) {}
+  void OnRpcStart(absl::string_view service, absl::string_view method) override {
+    For(service, method)->Started();
+  }
+  void OnRpcDone(absl::string_view service, absl::string_view method, int code,
+                 double seconds) override {
+    For(service, method)->Finished(code, seconds);
+  }
+
+ private:
+  metrics::MethodMetrics* For(absl::string_view service, absl::string_view method) {
+    return m_->ForMethod(std::string(service), std::string(method));
+  }
+  metrics::ServerMetrics* m_;
+};
+
+absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> LoadModelForServing(
+    const ModelSpec& spec, const ServerOptions& options) {
+  const std::string demo_dir = options.data_dir + "/demo-model";
+  if (spec.path == demo_dir && !engine::DemoModelUpToDate(demo_dir)) {
+    LogEvent(LogLevel::kInfo, "demo_model_generate", {{"path", demo_dir}});
+    if (absl::Status s = engine::WriteDemoModel(demo_dir); !s.ok()) return s;
+  }
+  engine::LoadOptions lo;
+  lo.path = spec.path;
+  lo.dtype = options.dtype == "bfloat16" ? engine::ComputeDtype::kBFloat16
+                                         : engine::ComputeDtype::kFloat32;
+  absl::StatusOr<std::unique_ptr<engine::LoadedModel>> model = engine::LoadedModel::Load(lo);
+  if (!model.ok()) return model.status();
+  return std::shared_ptr<const engine::LoadedModel>(std::move(*model));
+}
+
+Server::Server(const ServerOptions& options) : options_(options) {}
+
+Server::~Server() { Shutdown(0); }
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options_in) {
+  ServerOptions options = options_in;
+  if (options.models.empty()) {
+    options.models.push_back({"demo", options.data_dir + "/demo-model"});
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(options.data_dir, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--data_dir: cannot create '", options.data_dir, "': ", ec.message()));
+  }
+
+  std::unique_ptr<Server> s(new Server(options));
+  absl::StatusOr<std::unique_ptr<metrics::ServerMetrics>> sm =
+      metrics::ServerMetrics::Create(&s->metrics_registry_);
+  if (!sm.ok()) return sm.status();
+  s->server_metrics_ = std::move(*sm);
+  metrics::RegisterProcessCollector(&s->metrics_registry_);
+  s->observer_ = std::make_unique<MetricsObserver>(s->server_metrics_.get());
+
+  Server* self = s.get();
+  s->registry_ = std::make_unique<ModelRegistry>(
+      s->options_.models,
+      [self](const ModelSpec& spec) { return LoadModelForServing(spec, self->options_); });
+  for (const ModelSpec& m : s->options_.models) {
+    s->server_metrics_->model_ready->WithLabels({m.name})->Set(0);
+  }
+  s->registry_->AddListener([self](const ModelSnapshot& snap) { self->OnModelStateChange(snap); });
+
+  s->models_service_ = std::make_unique<ModelsService>(s->registry_.get());
+  s->embedding_service_ = std::make_unique<EmbeddingService>(s->registry_.get(), &s->options_);
+  s->generation_service_ = std::make_unique<GenerationService>(s->registry_.get(), &s->options_);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  if (s->options_.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string addr = absl::StrCat(s->options_.bind.find(':') != std::string::npos
+                                            ? absl::StrCat("[", s->options_.bind, "]")
+                                            : s->options_.bind,
+                                        ":", s->options_.port);
+  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &s->grpc_port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(s->options_.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(s->options_.max_message_bytes));
+  builder.RegisterService(s->models_service_.get());
+  builder.RegisterService(s->embedding_service_.get());
+  builder.RegisterService(s->generation_service_.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<RequestInterceptorFactory>(s->observer_.get()));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  s->grpc_server_ = builder.BuildAndStart();
+  if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", addr,
+                                               " (address in use or not available)"));
+  }
+  s->UpdateHealth();
+
+  if (s->options_.metrics_port >= 0) {
+    metrics::HttpExporterOptions eo;
+    eo.bind_address = s->options_.bind;
+    eo.port = s->options_.metrics_port;
+    eo.registry = &s->metrics_registry_;
+    eo.ready = [self] { return self->Ready(); };
+    absl::StatusOr<std::unique_ptr<metrics::HttpExporter>> ex = metrics::HttpExporter::Create(eo);
+    if (!ex.ok()) {
+      s->grpc_server_->Shutdown();
+      return ex.status();
+    }
+    s->exporter_ = std::move(*ex);
+  }
+
+  std::vector<std::string> names;
+  for (const ModelSpec& m : s->options_.models) names.push_back(m.name + "=" + m.path);
+  LogEvent(LogLevel::kInfo, "listening",
+           {{"grpc", absl::StrCat(s->options_.bind, ":", s->grpc_port_)},
+            {"metrics", s->exporter_ ? absl::StrCat("http://", s->options_.bind, ":",
+                                                    s->exporter_->port(), "/metrics")
+                                     : std::string("off")},
+            {"models", absl::StrJoin(names, ",")},
+            {"cpu_cores", absl::StrCat(s->options_.cpu.usable_cores)},
+            {"cpu_source", s->options_.cpu.source}});
+  s->registry_->Start();
+  return s;
+}
+
+void Server::OnModelStateChange(const ModelSnapshot& snap) {
+  const bool ready = snap.state == ModelState::kReady;
+  server_metrics_->model_ready->WithLabels({snap.spec.name})->Set(ready ? 1 : 0);
+  server_metrics_->model_load_seconds->WithLabels({snap.spec.name})->Set(snap.load_seconds);
+  if (ready) {
+    const engine::ModelDescription& d = snap.model->description();
+    LogEvent(LogLevel::kInfo, "model_ready",
+             {{"model", snap.spec.name},
+              {"path", snap.spec.path},
+              {"architecture", d.architecture},
+              {"dtype", engine::ComputeDtypeName(d.dtype)},
+              {"load_ms", absl::StrCat(static_cast<int64_t>(snap.load_seconds * 1e3))}});
+  } else {
+    LogEvent(LogLevel::kError, "model_failed",
+             {{"model", snap.spec.name}, {"path", snap.spec.path}, {"error", snap.error}});
+  }
+  UpdateHealth();
+}
+
+bool Server::Ready() const {
+  if (shutting_down_.load()) return false;
+  if (!registry_->AllSettled()) return false;
+  for (const ModelSnapshot& s : registry_->List()) {
+    if (s.state == ModelState::kReady) return true;
+  }
+  return false;
+}
+
+void Server::UpdateHealth() {
+  if (grpc_server_ == nullptr) return;
+  grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  const bool settled = registry_->AllSettled() && !shutting_down_.load();
+  bool any_ready = false, embed_ready = false, generate_ready = false;
+  for (const ModelSnapshot& s : registry_->List()) {
+    if (s.state != ModelState::kReady) continue;
+    any_ready = true;
+    for (engine::ModelTask t : s.model->description().tasks) {
+      if (t == engine::ModelTask::kEmbed) embed_ready = true;
+      if (t == engine::ModelTask::kGenerate) generate_ready = true;
+    }
+  }
+  health->SetServingStatus("", settled && any_ready);
+  health->SetServingStatus(kModelsServiceName, settled && any_ready);
+  health->SetServingStatus(kEmbeddingServiceName, settled && embed_ready);
+  health->SetServingStatus(kGenerationServiceName, settled && generate_ready);
+}
+
+void Server::Shutdown(double grace_s) {
+  {
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shutdown_done_ || grpc_server_ == nullptr) {
+      shutdown_done_ = true;
+      return;
+    }
+  }
+  if (!shutting_down_.exchange(true)) {
+    LogEvent(LogLevel::kInfo, "shutdown_begin", {{"grace_s", absl::StrCat(grace_s)}});
+    // Tell load balancers first, then stop accepting and drain.
+    grpc_server_->GetHealthCheckService()->Shutdown();
+    const auto deadline =
+        std::chrono::system_clock::now() +
+        std::chrono::milliseconds(static_cast<int64_t>(grace_s * 1000));
+    grpc_server_->Shutdown(deadline);
+    grpc_server_->Wait();
+    if (exporter_) exporter_->Shutdown();
+    LogEvent(LogLevel::kInfo, "shutdown_done", {});
+    absl::MutexLock lock(&shutdown_mu_);
+    shutdown_done_ = true;
+  } else {
+    Wait();
+  }
+}
+
+void Server::Wait() {
+  absl::MutexLock lock(&shutdown_mu_);
+  shutdown_mu_.Await(absl::Condition(&shutdown_done_));
+}
+
+}  // namespace maskserve::server

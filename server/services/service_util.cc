@@ -1,0 +1,31 @@
+#include "server/services/service_util.h"
+
+#include "absl/strings/str_cat.h"
+#include "server/status_util.h"
+
+namespace maskserve::server {
+
+absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> ResolveModel(
+    const ModelRegistry& registry, const std::string& name, const char* field) {
+  if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " must be set"));
+  return registry.GetReady(name);
+}
+
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                      const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                      const absl::Status& status) {
+  return FinishUnary(context, ToGrpcStatus(status));
+}
+
+absl::Status NotYetImplemented(const char* rpc, const char* what) {
+  return absl::UnimplementedError(
+      absl::StrCat(rpc, " is not implemented in this build: it needs ", what, "."));
+}
+
+}  // namespace maskserve::server

@@ -1,0 +1,29 @@
+// Small helpers every service handler shares.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/model_registry.h"
+
+namespace maskserve::server {
+
+// The READY model a request names in its `field` (usually "model"):
+// INVALID_ARGUMENT when empty, NOT_FOUND when unknown, UNAVAILABLE while
+// loading, FAILED_PRECONDITION when its load failed.
+absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> ResolveModel(
+    const ModelRegistry& registry, const std::string& name, const char* field = "model");
+
+// Finishes a unary callback RPC with `status` and returns its reactor.
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                      const grpc::Status& status);
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                      const absl::Status& status);
+
+// UNIMPLEMENTED with a message saying what is missing.
+absl::Status NotYetImplemented(const char* rpc, const char* what);
+
+}  // namespace maskserve::server
