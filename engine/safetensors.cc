@@ -280,7 +280,9 @@ void ConvertF16ToF32(const void* src, float* dst, size_t n) {
 #if defined(__AVX512F__)
   for (; i + 16 <= n; i += 16) {
     __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * i));
-    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(h));
+    // Zero-masking forms: GCC 12 warns about the unmasked ones' undefined
+    // pass-through operand; with all lanes set they are the same instruction.
+    _mm512_storeu_ps(dst + i, _mm512_maskz_cvtph_ps(0xffff, h));
   }
 #elif defined(__F16C__)
   for (; i + 8 <= n; i += 8) {
@@ -301,7 +303,7 @@ void ConvertBF16ToF32(const void* src, float* dst, size_t n) {
 #if defined(__AVX512F__)
   for (; i + 16 <= n; i += 16) {
     __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * i));
-    __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+    __m512i w = _mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h), 16);
     _mm512_storeu_si512(dst + i, w);
   }
 #endif

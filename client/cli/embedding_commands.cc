@@ -79,6 +79,7 @@ int RunEmbed(CliContext& ctx, const Args& args) {
   if (texts.empty()) return Fail(Missing("TEXT or --file"));
 
   v1::EmbedResponse merged;
+  google::protobuf::RepeatedPtrField<v1::EmbedResponse::Embedding> all_embeddings;
   for (size_t start = 0; start < texts.size(); start += batch) {
     v1::EmbedRequest request = base;
     const size_t end = std::min(texts.size(), start + static_cast<size_t>(batch));
@@ -88,10 +89,8 @@ int RunEmbed(CliContext& ctx, const Args& args) {
     if (ctx.json) {
       // One JSON document for the whole file: embeddings concatenated, the
       // rest (model, dimensions, timing) from the last request.
-      auto embeddings = std::move(*merged.mutable_embeddings());
-      embeddings.MergeFrom(response->embeddings());
+      all_embeddings.MergeFrom(response->embeddings());
       merged = *std::move(response);
-      *merged.mutable_embeddings() = std::move(embeddings);
       continue;
     }
     if (start == 0) {
@@ -102,7 +101,10 @@ int RunEmbed(CliContext& ctx, const Args& args) {
       PrintEmbedding(static_cast<int>(start) + i, response->embeddings(i));
     }
   }
-  if (ctx.json) PrintJson(merged);
+  if (ctx.json) {
+    merged.mutable_embeddings()->Swap(&all_embeddings);
+    PrintJson(merged);
+  }
   return 0;
 }
 

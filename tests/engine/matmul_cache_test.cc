@@ -1,0 +1,272 @@
+// MatmulCache::Linear against a double-precision reference. Tolerances:
+// FP32 1e-5 relative to the row's reference magnitude (sum |x||w| + |b|), the
+// scale at which float accumulation error lives; BF16 is compared against a
+// reference built from bf16-rounded x and W (so only accumulation order and
+// the bf16 rounding of nothing else remain) at 1e-2 of the same scale.
+#include "engine/onednn/matmul_cache.h"
+
+#include <cmath>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "engine/kernels/bf16.h"
+#include "engine/onednn/engine_context.h"
+#include "engine/onednn/packed_weight.h"
+#include "gtest/gtest.h"
+
+namespace maskserve::engine {
+namespace {
+
+double ActRef(Activation a, double v) {
+  switch (a) {
+    case Activation::kNone: return v;
+    case Activation::kGeluErf: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+    case Activation::kGeluTanh:
+      return 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+    case Activation::kRelu: return v > 0 ? v : 0.0;
+    case Activation::kSilu: return v / (1.0 + std::exp(-v));
+  }
+  return v;
+}
+
+std::vector<float> RandomVec(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::uniform_real_distribution<float> d(-scale, scale);
+  std::vector<float> v(n);
+  for (auto& f : v) f = d(rng);
+  return v;
+}
+
+struct Case {
+  int M, K, N;
+};
+
+// y_ref = post(x W^T + b) (+ y0); weight is [N, K] (kOutIn). Also returns the
+// per-element magnitude scale used for the tolerance.
+void Reference(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& b,
+               const std::vector<float>& y0, int M, int K, int N, PostOp post,
+               std::vector<double>* ref, std::vector<double>* scale) {
+  ref->assign(static_cast<size_t>(M) * N, 0.0);
+  scale->assign(static_cast<size_t>(M) * N, 0.0);
+  for (int m = 0; m < M; ++m) {
+    for (int n = 0; n < N; ++n) {
+      double acc = 0, mag = 0;
+      for (int k = 0; k < K; ++k) {
+        acc += static_cast<double>(x[m * K + k]) * w[n * K + k];
+        mag += std::abs(static_cast<double>(x[m * K + k]) * w[n * K + k]);
+      }
+      if (post.bias) {
+        acc += b[n];
+        mag += std::abs(b[n]);
+      }
+      double v = ActRef(post.activation, acc);
+      if (post.accumulate) {
+        v += y0[m * N + n];
+        mag += std::abs(y0[m * N + n]);
+      }
+      (*ref)[m * N + n] = v;
+      (*scale)[m * N + n] = mag + 1e-6;
+    }
+  }
+}
+
+void CheckLinear(MatmulCache& cache, const Case& c, MatmulDType dtype, PostOp post, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<float> x = RandomVec(static_cast<size_t>(c.M) * c.K, rng);
+  std::vector<float> w = RandomVec(static_cast<size_t>(c.N) * c.K, rng, 0.2f);
+  std::vector<float> b = RandomVec(c.N, rng);
+  std::vector<float> y0 = RandomVec(static_cast<size_t>(c.M) * c.N, rng);
+  auto packed = PackedLinear::Create(w, c.K, c.N, b, dtype);
+  ASSERT_TRUE(packed.ok()) << packed.status();
+  std::vector<float> y = y0;
+  ASSERT_TRUE(cache.Linear(x.data(), c.M, *packed, y.data(), post).ok());
+  const double tol = dtype == MatmulDType::kF32 ? 1e-5 : 1e-2;
+  if (dtype == MatmulDType::kBF16) {
+    kernels::RoundToBf16(x.data(), x.size());
+    kernels::RoundToBf16(w.data(), w.size());
+  }
+  std::vector<double> ref, scale;
+  Reference(x, w, b, y0, c.M, c.K, c.N, post, &ref, &scale);
+  int bad = 0;
+  for (size_t i = 0; i < ref.size() && bad < 5; ++i) {
+    if (!(std::abs(y[i] - ref[i]) <= tol * scale[i])) {
+      ++bad;
+      ADD_FAILURE() << "M=" << c.M << " K=" << c.K << " N=" << c.N << " i=" << i << " got " << y[i]
+                    << " want " << ref[i] << " scale " << scale[i]
+                    << " act=" << static_cast<int>(post.activation) << " bias=" << post.bias
+                    << " acc=" << post.accumulate;
+    }
+  }
+}
+
+std::vector<PostOp> AllPostOps() {
+  std::vector<PostOp> ops = {PostOp{}, PostOp{.bias = true}};
+  for (Activation a : {Activation::kGeluErf, Activation::kGeluTanh, Activation::kRelu,
+                       Activation::kSilu}) {
+    ops.push_back(PostOp{.bias = true, .activation = a});
+  }
+  ops.push_back(PostOp{.accumulate = true});
+  ops.push_back(PostOp{.bias = true, .accumulate = true});
+  ops.push_back(PostOp{.bias = true, .activation = Activation::kGeluErf, .accumulate = true});
+  return ops;
+}
+
+class LinearTest : public ::testing::TestWithParam<MatmulDType> {};
+
+TEST_P(LinearTest, RandomShapesEveryPostOp) {
+  MatmulCache cache;
+  std::mt19937 rng(42);
+  std::uniform_int_distribution<int> md(1, 300), kd(1, 200);
+  std::vector<Case> cases = {{1, 16, 16}, {7, 33, 17}, {300, 64, 48}, {17, 100, 37}, {1, 1, 1}};
+  for (int i = 0; i < 6; ++i) cases.push_back({md(rng), kd(rng), kd(rng)});
+  uint32_t seed = 1;
+  for (const Case& c : cases) {
+    for (const PostOp& op : AllPostOps()) CheckLinear(cache, c, GetParam(), op, seed++);
+  }
+}
+
+TEST_P(LinearTest, LargeMIsChunked) {
+  MatmulCache cache(MatmulCacheOptions{.max_chunk_rows = 64});
+  CheckLinear(cache, {203, 48, 40}, GetParam(), PostOp{.bias = true, .activation = Activation::kGeluErf}, 7);
+  CheckLinear(cache, {203, 48, 40}, GetParam(), PostOp{.accumulate = true}, 8);
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, LinearTest, ::testing::Values(MatmulDType::kF32, MatmulDType::kBF16),
+                         [](const auto& info) {
+                           return info.param == MatmulDType::kF32 ? std::string("F32") : std::string("BF16");
+                         });
+
+TEST(MatmulCacheTest, RowClassesDecomposeExactly) {
+  for (int chunk : {512, 64}) {
+    for (int m = 1; m <= 3000; ++m) {
+      int rest = m, pieces = 0;
+      while (rest > 0) {
+        const int c = MatmulCache::RowClass(rest, chunk);
+        ASSERT_GE(c, 1);
+        ASSERT_LE(c, rest);
+        ASSERT_LE(c, chunk);
+        rest -= c;
+        ++pieces;
+      }
+      ASSERT_LE(pieces, m / chunk + 4) << m;
+    }
+  }
+  EXPECT_EQ(MatmulCache::RowClass(300, 512), 288);
+  EXPECT_EQ(MatmulCache::RowClass(12, 512), 12);
+  EXPECT_EQ(MatmulCache::RowClass(17, 512), 16);
+  EXPECT_EQ(MatmulCache::RowClass(4096, 512), 512);
+  std::set<int> classes;
+  for (int m = 1; m <= 512; ++m) classes.insert(MatmulCache::RowClass(m, 512));
+  EXPECT_LE(classes.size(), 56u);
+}
+
+TEST(MatmulCacheTest, SameShapeClassReusesOnePrimitive) {
+  MatmulCache cache;
+  std::mt19937 rng(3);
+  const int K = 32, N = 24;
+  auto w = PackedLinear::Create(RandomVec(K * N, rng), K, N, RandomVec(N, rng), MatmulDType::kF32);
+  ASSERT_TRUE(w.ok());
+  std::vector<float> x = RandomVec(64 * K, rng), y(64 * N);
+  const PostOp op{.bias = true};
+  ASSERT_TRUE(cache.Linear(x.data(), 40, *w, y.data(), op).ok());  // class 40
+  EXPECT_EQ(cache.stats().primitives, 1u);
+  EXPECT_EQ(cache.stats().misses, 1u);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(cache.Linear(x.data(), 40, *w, y.data(), op).ok());
+  EXPECT_EQ(cache.stats().primitives, 1u);
+  EXPECT_EQ(cache.stats().hits, 5u);
+  // A different weight of the same shape shares the primitive.
+  auto w2 = PackedLinear::Create(RandomVec(K * N, rng), K, N, RandomVec(N, rng), MatmulDType::kF32);
+  ASSERT_TRUE(cache.Linear(x.data(), 40, *w2, y.data(), op).ok());
+  EXPECT_EQ(cache.stats().primitives, 1u);
+  // A different post-op or dtype is a new primitive.
+  ASSERT_TRUE(cache.Linear(x.data(), 40, *w, y.data(), PostOp{}).ok());
+  EXPECT_EQ(cache.stats().primitives, 2u);
+  // 41 = 40 + 1: one more class.
+  ASSERT_TRUE(cache.Linear(x.data(), 41, *w, y.data(), op).ok());
+  EXPECT_EQ(cache.stats().primitives, 3u);
+}
+
+TEST(MatmulCacheTest, InOutLayoutMatchesOutIn) {
+  std::mt19937 rng(5);
+  const int M = 9, K = 37, N = 21;
+  std::vector<float> w_out_in = RandomVec(N * K, rng), b = RandomVec(N, rng), x = RandomVec(M * K, rng);
+  std::vector<float> w_in_out(K * N);
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < K; ++k) w_in_out[k * N + n] = w_out_in[n * K + k];
+  for (MatmulDType dtype : {MatmulDType::kF32, MatmulDType::kBF16}) {
+    auto a = PackedLinear::Create(w_out_in, K, N, b, dtype, WeightLayout::kOutIn);
+    auto t = PackedLinear::Create(w_in_out, K, N, b, dtype, WeightLayout::kInOut);
+    ASSERT_TRUE(a.ok() && t.ok());
+    std::vector<float> ya(M * N), yt(M * N);
+    ASSERT_TRUE(MatmulCache::Global().Linear(x.data(), M, *a, ya.data(), PostOp{.bias = true}).ok());
+    ASSERT_TRUE(MatmulCache::Global().Linear(x.data(), M, *t, yt.data(), PostOp{.bias = true}).ok());
+    EXPECT_EQ(ya, yt);  // same packed bytes, same kernel: bit-identical
+  }
+}
+
+TEST(MatmulCacheTest, RejectsBadArguments) {
+  std::mt19937 rng(6);
+  EXPECT_FALSE(PackedLinear::Create(RandomVec(10, rng), 3, 4, {}, MatmulDType::kF32).ok());
+  EXPECT_FALSE(PackedLinear::Create(RandomVec(12, rng), 3, 4, RandomVec(3, rng), MatmulDType::kF32).ok());
+  EXPECT_FALSE(PackedLinear::Create({}, 0, 4, {}, MatmulDType::kF32).ok());
+  auto w = PackedLinear::Create(RandomVec(12, rng), 3, 4, {}, MatmulDType::kF32);
+  ASSERT_TRUE(w.ok());
+  std::vector<float> x(3), y(4);
+  EXPECT_FALSE(MatmulCache::Global().Linear(x.data(), 1, *w, y.data(), PostOp{.bias = true}).ok());
+  EXPECT_FALSE(MatmulCache::Global().Linear(x.data(), 1, PackedLinear(), y.data(), PostOp{}).ok());
+  EXPECT_TRUE(MatmulCache::Global().Linear(nullptr, 0, *w, nullptr, PostOp{}).ok());
+}
+
+TEST(MatmulCacheTest, ConcurrentCallersGetCorrectResults) {
+  MatmulCache cache;
+  std::mt19937 rng(11);
+  const int K = 96, N = 80;
+  std::vector<float> wv = RandomVec(N * K, rng, 0.2f), bv = RandomVec(N, rng);
+  auto w32 = PackedLinear::Create(wv, K, N, bv, MatmulDType::kF32);
+  ASSERT_TRUE(w32.ok());
+  std::vector<std::thread> threads;
+  std::vector<int> failures(4, 0);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 r(100 + t);
+      for (int iter = 0; iter < 20; ++iter) {
+        const int M = 1 + (iter * 37 + t * 11) % 150;
+        std::vector<float> x = RandomVec(static_cast<size_t>(M) * K, r);
+        std::vector<float> y(static_cast<size_t>(M) * N);
+        const PostOp op{.bias = true, .activation = iter % 2 ? Activation::kGeluErf : Activation::kNone};
+        if (!cache.Linear(x.data(), M, *w32, y.data(), op).ok()) {
+          ++failures[t];
+          continue;
+        }
+        std::vector<double> ref, scale;
+        Reference(x, wv, bv, {}, M, K, N, op, &ref, &scale);
+        for (size_t i = 0; i < ref.size(); ++i) {
+          if (!(std::abs(y[i] - ref[i]) <= 1e-5 * scale[i])) {
+            ++failures[t];
+            break;
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(failures[t], 0) << "thread " << t;
+}
+
+TEST(EngineContextTest, ReportsIsaAndThreads) {
+  EXPECT_FALSE(IsaDescription().empty());
+  EXPECT_NE(IsaDescription(), "unknown");
+  const int before = NumThreads();
+  SetNumThreads(1);
+  EXPECT_EQ(SyncThreadCount(), 1);
+  SetNumThreads(0);  // clamped
+  EXPECT_EQ(NumThreads(), 1);
+  SetNumThreads(before);
+  EXPECT_EQ(NumThreads(), before);
+  // AMX implies AVX512-BF16 on every CPU that has it.
+  if (CpuHasAmxBf16()) EXPECT_TRUE(CpuHasAvx512Bf16());
+}
+
+}  // namespace
+}  // namespace maskserve::engine
