@@ -28,12 +28,8 @@ constexpr __mmask16 kAllLanes = 0xFFFF;
 // GCC 12 warns (-Wmaybe-uninitialized) about the unmasked forms of these
 // intrinsics, whose pass-through operand is _mm512_undefined_ps(); the
 // zero-masking forms with every lane set compile to the same instruction.
-inline __m512 Max512(__m512 a, __m512 b) {
-  return _mm512_maskz_max_ps(kAllLanes, a, b);
-}
-inline __m512 Min512(__m512 a, __m512 b) {
-  return _mm512_maskz_min_ps(kAllLanes, a, b);
-}
+inline __m512 Max512(__m512 a, __m512 b) { return _mm512_maskz_max_ps(kAllLanes, a, b); }
+inline __m512 Min512(__m512 a, __m512 b) { return _mm512_maskz_min_ps(kAllLanes, a, b); }
 
 // e^x, max rel. error ~2 ulp for x in [-87, 88]; anything below -87.3 (masked
 // scores are -inf) gives exactly 0 so masked pairs contribute nothing.
@@ -41,9 +37,9 @@ inline __m512 Exp512(__m512 x) {
   const __m512 lo = _mm512_set1_ps(-87.33654f);
   const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
   x = Min512(Max512(x, lo), _mm512_set1_ps(88.3762626647949f));
-  const __m512 n = _mm512_maskz_roundscale_ps(
-      kAllLanes, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 n =
+      _mm512_maskz_roundscale_ps(kAllLanes, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
   __m512 p = _mm512_set1_ps(1.9875691500e-4f);
@@ -62,8 +58,7 @@ inline __m512 Exp512(__m512 x) {
 // lanes lets keys be read straight from the cache (no transpose/pack) and
 // makes the softmax reductions over keys plain element-wise max/add.
 template <int NV>
-void ScoreTile(const float* qt, int d, const float* const* kp, int nk,
-               float* st) {
+void ScoreTile(const float* qt, int d, const float* const* kp, int nk, float* st) {
   for (int jb = 0; jb < nk; jb += kKeyGroup) {
     const float* p[kKeyGroup];
     for (int t = 0; t < kKeyGroup; ++t) p[t] = kp[jb + t];
@@ -108,8 +103,7 @@ void SoftmaxTile(float* st, int nk, float* m, float* l, float* corr) {
     const __m512 mnew = Max512(mold, tmax);
     // Rows with nothing allowed yet keep m = -inf; subtracting 0 instead
     // avoids inf - inf and still gives exp(-inf) = 0 for their scores.
-    const __mmask16 none = _mm512_cmp_ps_mask(mnew, _mm512_set1_ps(kNegInf),
-                                              _CMP_EQ_OQ);
+    const __mmask16 none = _mm512_cmp_ps_mask(mnew, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ);
     const __m512 base = _mm512_mask_mov_ps(mnew, none, _mm512_setzero_ps());
     const __m512 c = Exp512(_mm512_sub_ps(mold, base));
     __m512 sum = _mm512_setzero_ps();
@@ -129,8 +123,8 @@ void SoftmaxTile(float* st, int nk, float* m, float* l, float* corr) {
 // acc[i][cb + 16v ..] += sum_{j < nk} pt[j * kBQ + i] * vp[j][cb + 16v ..] for
 // rows i0..i0+3 and NV vectors of columns starting at cb.
 template <int NV>
-void PvChunk(const float* pt, const float* const* vp, int nk, int i0, int cb,
-             int d, int dp, float* acc) {
+void PvChunk(const float* pt, const float* const* vp, int nk, int i0, int cb, int d, int dp,
+             float* acc) {
   __mmask16 lanes[NV];
   for (int v = 0; v < NV; ++v) {
     const int left = std::clamp(d - (cb + 16 * v), 0, 16);
@@ -167,8 +161,7 @@ void PvChunk(const float* pt, const float* const* vp, int nk, int i0, int cb,
   }
 }
 
-void PvTile(const float* pt, const float* const* vp, int nk, int nq4, int d,
-            int dp, float* acc) {
+void PvTile(const float* pt, const float* const* vp, int nk, int nq4, int d, int dp, float* acc) {
   for (int i0 = 0; i0 < nq4; i0 += 4) {
     for (int cb = 0; cb < dp; cb += 64) {
       switch (std::min(4, (dp - cb) / 16)) {
@@ -211,38 +204,35 @@ struct Scratch {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-absl::Status ValidateCommon(const AttentionOptions& o, int64_t q_stride,
-                            int64_t out_stride,
+absl::Status ValidateCommon(const AttentionOptions& o, int64_t q_stride, int64_t out_stride,
                             absl::Span<const int32_t> cu_seqlens_q,
                             absl::Span<const AttentionMask> masks) {
   if (o.num_heads < 1 || o.num_kv_heads < 1 || o.head_dim < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "attention: num_heads, num_kv_heads and head_dim must be >= 1, got ",
-        o.num_heads, ", ", o.num_kv_heads, ", ", o.head_dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention: num_heads, num_kv_heads and head_dim must be >= 1, got ",
+                     o.num_heads, ", ", o.num_kv_heads, ", ", o.head_dim));
   }
   if (o.num_heads % o.num_kv_heads != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("attention: num_kv_heads ", o.num_kv_heads,
-                     " does not divide num_heads ", o.num_heads));
+    return absl::InvalidArgumentError(absl::StrCat("attention: num_kv_heads ", o.num_kv_heads,
+                                                   " does not divide num_heads ", o.num_heads));
   }
   if (o.log_n_train_length < 0 || o.log_n_train_length == 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("attention: log_n_train_length must be 0 (off) or >= 2, got ",
-                     o.log_n_train_length));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "attention: log_n_train_length must be 0 (off) or >= 2, got ", o.log_n_train_length));
   }
   if (!std::isfinite(o.scale)) {
     return absl::InvalidArgumentError("attention: scale must be finite");
   }
   const int64_t width = int64_t{o.num_heads} * o.head_dim;
   if (q_stride < width || out_stride < width) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("attention: q/out row strides (", q_stride, ", ",
-                     out_stride, ") must be >= num_heads * head_dim = ", width));
+    return absl::InvalidArgumentError(absl::StrCat("attention: q/out row strides (", q_stride, ", ",
+                                                   out_stride,
+                                                   ") must be >= num_heads * head_dim = ", width));
   }
   if (cu_seqlens_q.size() != masks.size() + 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("attention: cu_seqlens_q has ", cu_seqlens_q.size(),
-                     " entries for ", masks.size(), " sequences"));
+    return absl::InvalidArgumentError(absl::StrCat("attention: cu_seqlens_q has ",
+                                                   cu_seqlens_q.size(), " entries for ",
+                                                   masks.size(), " sequences"));
   }
   if (!masks.empty() && cu_seqlens_q[0] < 0) {
     return absl::InvalidArgumentError("attention: cu_seqlens_q[0] < 0");
@@ -250,9 +240,9 @@ absl::Status ValidateCommon(const AttentionOptions& o, int64_t q_stride,
   for (size_t b = 0; b < masks.size(); ++b) {
     const int n = cu_seqlens_q[b + 1] - cu_seqlens_q[b];
     if (n != masks[b].q_len()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention: sequence ", b, " has ", n,
-                       " query rows but its mask has q_len ", masks[b].q_len()));
+      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", b, " has ", n,
+                                                     " query rows but its mask has q_len ",
+                                                     masks[b].q_len()));
     }
   }
   return absl::OkStatus();
@@ -261,9 +251,8 @@ absl::Status ValidateCommon(const AttentionOptions& o, int64_t q_stride,
 }  // namespace
 
 float EffectiveAttentionScale(const AttentionOptions& options, int k_len) {
-  double scale = options.scale != 0.0f
-                     ? options.scale
-                     : 1.0 / std::sqrt(static_cast<double>(options.head_dim));
+  double scale = options.scale != 0.0f ? options.scale
+                                       : 1.0 / std::sqrt(static_cast<double>(options.head_dim));
   if (options.log_n_train_length > 1 && k_len >= 1) {
     scale *= std::log(static_cast<double>(k_len)) /
              std::log(static_cast<double>(options.log_n_train_length));
@@ -271,8 +260,7 @@ float EffectiveAttentionScale(const AttentionOptions& options, int k_len) {
   return static_cast<float>(scale);
 }
 
-ContiguousKv::ContiguousKv(const float* k, int64_t k_stride, const float* v,
-                           int64_t v_stride,
+ContiguousKv::ContiguousKv(const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                            absl::Span<const int32_t> cu_seqlens_k, int head_dim)
     : k_(k),
       k_stride_(k_stride),
@@ -298,14 +286,11 @@ KvRun ContiguousKv::Fetch(int seq, int kv_head, int key, int max_count) const {
   return run;
 }
 
-absl::Status FusedAttention(const AttentionOptions& options, const float* q,
-                            int64_t q_stride,
-                            absl::Span<const int32_t> cu_seqlens_q,
-                            const KvSource& kv,
-                            absl::Span<const AttentionMask> masks, float* out,
-                            int64_t out_stride, AttentionStats* stats) {
-  if (absl::Status s =
-          ValidateCommon(options, q_stride, out_stride, cu_seqlens_q, masks);
+absl::Status FusedAttention(const AttentionOptions& options, const float* q, int64_t q_stride,
+                            absl::Span<const int32_t> cu_seqlens_q, const KvSource& kv,
+                            absl::Span<const AttentionMask> masks, float* out, int64_t out_stride,
+                            AttentionStats* stats) {
+  if (absl::Status s = ValidateCommon(options, q_stride, out_stride, cu_seqlens_q, masks);
       !s.ok()) {
     return s;
   }
@@ -326,14 +311,13 @@ absl::Status FusedAttention(const AttentionOptions& options, const float* q,
   for (int b = 0; b < num_seqs; ++b) {
     const AttentionMask& mask = masks[b];
     if (kv.NumKeys(b) != mask.k_len()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention: sequence ", b, " has ", kv.NumKeys(b),
-                       " keys but its mask has k_len ", mask.k_len()));
+      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", b, " has ",
+                                                     kv.NumKeys(b), " keys but its mask has k_len ",
+                                                     mask.k_len()));
     }
     scales[b] = EffectiveAttentionScale(options, mask.k_len());
     for (int q0 = 0; q0 < mask.q_len(); q0 += kBQ) items.push_back({b, q0});
-    total.blocks_dense += int64_t{heads} * CeilDiv(mask.q_len(), kBQ) *
-                          CeilDiv(mask.k_len(), kBK);
+    total.blocks_dense += int64_t{heads} * CeilDiv(mask.q_len(), kBQ) * CeilDiv(mask.k_len(), kBK);
   }
   if (items.empty()) {
     if (stats != nullptr) *stats = total;
@@ -454,17 +438,16 @@ absl::Status FusedAttention(const AttentionOptions& options, const float* q,
   return absl::OkStatus();
 }
 
-absl::Status FusedAttention(const AttentionOptions& options, const float* q,
-                            int64_t q_stride, const float* k, int64_t k_stride,
-                            const float* v, int64_t v_stride,
+absl::Status FusedAttention(const AttentionOptions& options, const float* q, int64_t q_stride,
+                            const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                             absl::Span<const int32_t> cu_seqlens_q,
                             absl::Span<const int32_t> cu_seqlens_k,
-                            absl::Span<const AttentionMask> masks, float* out,
-                            int64_t out_stride, AttentionStats* stats) {
+                            absl::Span<const AttentionMask> masks, float* out, int64_t out_stride,
+                            AttentionStats* stats) {
   if (cu_seqlens_k.size() != masks.size() + 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("attention: cu_seqlens_k has ", cu_seqlens_k.size(),
-                     " entries for ", masks.size(), " sequences"));
+    return absl::InvalidArgumentError(absl::StrCat("attention: cu_seqlens_k has ",
+                                                   cu_seqlens_k.size(), " entries for ",
+                                                   masks.size(), " sequences"));
   }
   const int64_t kv_width = int64_t{options.num_kv_heads} * options.head_dim;
   if (k_stride < kv_width || v_stride < kv_width) {
@@ -472,21 +455,16 @@ absl::Status FusedAttention(const AttentionOptions& options, const float* q,
         absl::StrCat("attention: k/v row strides (", k_stride, ", ", v_stride,
                      ") must be >= num_kv_heads * head_dim = ", kv_width));
   }
-  const ContiguousKv kv(k, k_stride, v, v_stride, cu_seqlens_k,
-                        options.head_dim);
-  return FusedAttention(options, q, q_stride, cu_seqlens_q, kv, masks, out,
-                        out_stride, stats);
+  const ContiguousKv kv(k, k_stride, v, v_stride, cu_seqlens_k, options.head_dim);
+  return FusedAttention(options, q, q_stride, cu_seqlens_q, kv, masks, out, out_stride, stats);
 }
 
-absl::Status NaiveAttention(const AttentionOptions& options, const float* q,
-                            int64_t q_stride, const float* k, int64_t k_stride,
-                            const float* v, int64_t v_stride,
+absl::Status NaiveAttention(const AttentionOptions& options, const float* q, int64_t q_stride,
+                            const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                             absl::Span<const int32_t> cu_seqlens_q,
                             absl::Span<const int32_t> cu_seqlens_k,
-                            absl::Span<const AttentionMask> masks, float* out,
-                            int64_t out_stride) {
-  if (absl::Status s =
-          ValidateCommon(options, q_stride, out_stride, cu_seqlens_q, masks);
+                            absl::Span<const AttentionMask> masks, float* out, int64_t out_stride) {
+  if (absl::Status s = ValidateCommon(options, q_stride, out_stride, cu_seqlens_q, masks);
       !s.ok()) {
     return s;
   }
@@ -507,13 +485,11 @@ absl::Status NaiveAttention(const AttentionOptions& options, const float* q,
     for (int h = 0; h < options.num_heads; ++h) {
       const int g = h / group;
       for (int r = 0; r < mask.q_len(); ++r) {
-        const float* qr =
-            q + (int64_t{cu_seqlens_q[b]} + r) * q_stride + int64_t{h} * d;
+        const float* qr = q + (int64_t{cu_seqlens_q[b]} + r) * q_stride + int64_t{h} * d;
         double mx = -std::numeric_limits<double>::infinity();
         for (int j = 0; j < mask.k_len(); ++j) {
           if (!mask.Allowed(r, j)) continue;
-          const float* kr =
-              k + (int64_t{cu_seqlens_k[b]} + j) * k_stride + int64_t{g} * d;
+          const float* kr = k + (int64_t{cu_seqlens_k[b]} + j) * k_stride + int64_t{g} * d;
           double dot = 0.0;
           for (int c = 0; c < d; ++c) dot += double{qr[c]} * kr[c];
           scores[j] = dot * scale;
@@ -525,12 +501,10 @@ absl::Status NaiveAttention(const AttentionOptions& options, const float* q,
           if (!mask.Allowed(r, j)) continue;
           const double p = std::exp(scores[j] - mx);
           sum += p;
-          const float* vr =
-              v + (int64_t{cu_seqlens_k[b]} + j) * v_stride + int64_t{g} * d;
+          const float* vr = v + (int64_t{cu_seqlens_k[b]} + j) * v_stride + int64_t{g} * d;
           for (int c = 0; c < d; ++c) acc[c] += p * vr[c];
         }
-        float* dst =
-            out + (int64_t{cu_seqlens_q[b]} + r) * out_stride + int64_t{h} * d;
+        float* dst = out + (int64_t{cu_seqlens_q[b]} + r) * out_stride + int64_t{h} * d;
         for (int c = 0; c < d; ++c) {
           dst[c] = sum > 0.0 ? static_cast<float>(acc[c] / sum) : 0.0f;
         }

@@ -72,9 +72,8 @@ class KvSource {
 // Holds pointers only; the buffers and cu_seqlens_k must outlive it.
 class ContiguousKv final : public KvSource {
  public:
-  ContiguousKv(const float* k, int64_t k_stride, const float* v,
-               int64_t v_stride, absl::Span<const int32_t> cu_seqlens_k,
-               int head_dim);
+  ContiguousKv(const float* k, int64_t k_stride, const float* v, int64_t v_stride,
+               absl::Span<const int32_t> cu_seqlens_k, int head_dim);
   int NumKeys(int seq) const override;
   KvRun Fetch(int seq, int kv_head, int key, int max_count) const override;
 
@@ -94,33 +93,26 @@ class ContiguousKv final : public KvSource {
 // Masked pairs contribute exactly 0; a row with no allowed key gets zeros.
 // FP32, parallel over (sequence, head, query block) with OpenMP. stats, when
 // given, is overwritten.
-absl::Status FusedAttention(const AttentionOptions& options, const float* q,
-                            int64_t q_stride,
-                            absl::Span<const int32_t> cu_seqlens_q,
-                            const KvSource& kv,
-                            absl::Span<const AttentionMask> masks, float* out,
-                            int64_t out_stride,
+absl::Status FusedAttention(const AttentionOptions& options, const float* q, int64_t q_stride,
+                            absl::Span<const int32_t> cu_seqlens_q, const KvSource& kv,
+                            absl::Span<const AttentionMask> masks, float* out, int64_t out_stride,
                             AttentionStats* stats = nullptr);
 
 // Same, with K/V packed contiguously per sequence (see ContiguousKv).
-absl::Status FusedAttention(const AttentionOptions& options, const float* q,
-                            int64_t q_stride, const float* k, int64_t k_stride,
-                            const float* v, int64_t v_stride,
+absl::Status FusedAttention(const AttentionOptions& options, const float* q, int64_t q_stride,
+                            const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                             absl::Span<const int32_t> cu_seqlens_q,
                             absl::Span<const int32_t> cu_seqlens_k,
-                            absl::Span<const AttentionMask> masks, float* out,
-                            int64_t out_stride,
+                            absl::Span<const AttentionMask> masks, float* out, int64_t out_stride,
                             AttentionStats* stats = nullptr);
 
 // Reference for tests: the same contract computed the obvious way, one row at
 // a time with explicit scores, in double precision.
-absl::Status NaiveAttention(const AttentionOptions& options, const float* q,
-                            int64_t q_stride, const float* k, int64_t k_stride,
-                            const float* v, int64_t v_stride,
+absl::Status NaiveAttention(const AttentionOptions& options, const float* q, int64_t q_stride,
+                            const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                             absl::Span<const int32_t> cu_seqlens_q,
                             absl::Span<const int32_t> cu_seqlens_k,
-                            absl::Span<const AttentionMask> masks, float* out,
-                            int64_t out_stride);
+                            absl::Span<const AttentionMask> masks, float* out, int64_t out_stride);
 
 // The scale applied to sequence scores for k_len keys under options.
 float EffectiveAttentionScale(const AttentionOptions& options, int k_len);

@@ -22,12 +22,8 @@ int64_t Multiples(int64_t a, int64_t b, int64_t rate) {
   return FloorDiv(b, rate) - FloorDiv(a - 1, rate);
 }
 
-bool UsesWindow(MaskKind kind) {
-  return kind == MaskKind::kLocal || kind == MaskKind::kStrided;
-}
-bool UsesRate(MaskKind kind) {
-  return kind == MaskKind::kDilated || kind == MaskKind::kStrided;
-}
+bool UsesWindow(MaskKind kind) { return kind == MaskKind::kLocal || kind == MaskKind::kStrided; }
+bool UsesRate(MaskKind kind) { return kind == MaskKind::kDilated || kind == MaskKind::kStrided; }
 
 }  // namespace
 
@@ -55,31 +51,28 @@ absl::Status MaskSpec::Validate(int seq_len) const {
         absl::StrCat("mask sequence length must be >= 0, got ", seq_len));
   }
   if (UsesWindow(kind) && window < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("mask.window must be >= 0, got ", window));
+    return absl::InvalidArgumentError(absl::StrCat("mask.window must be >= 0, got ", window));
   }
   if (UsesRate(kind) && rate < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("mask.rate must be >= 1, got ", rate));
+    return absl::InvalidArgumentError(absl::StrCat("mask.rate must be >= 1, got ", rate));
   }
   if (kind == MaskKind::kUnilm) {
     if (!segment_ids.empty()) {
       if (static_cast<int64_t>(segment_ids.size()) != seq_len) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("mask.segment_ids has ", segment_ids.size(),
-                         " entries but the sequence has ", seq_len));
+        return absl::InvalidArgumentError(absl::StrCat("mask.segment_ids has ", segment_ids.size(),
+                                                       " entries but the sequence has ", seq_len));
       }
       for (size_t t = 0; t < segment_ids.size(); ++t) {
         if (segment_ids[t] != 0 && segment_ids[t] != 1) {
           return absl::InvalidArgumentError(
-              absl::StrCat("mask.segment_ids[", t, "] must be 0 or 1, got ",
-                           segment_ids[t]));
+              absl::StrCat("mask.segment_ids[", t, "] must be 0 or 1, got ", segment_ids[t]));
         }
       }
     } else if (prefix_length < 1 || prefix_length > seq_len) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "mask.prefix_length must be in [1, ", seq_len, "] (or give "
-          "mask.segment_ids), got ", prefix_length));
+      return absl::InvalidArgumentError(absl::StrCat("mask.prefix_length must be in [1, ", seq_len,
+                                                     "] (or give "
+                                                     "mask.segment_ids), got ",
+                                                     prefix_length));
     }
   }
   return absl::OkStatus();
@@ -111,8 +104,7 @@ std::string MaskSpec::ToString() const {
   return base.empty() ? std::string("CAUSAL") : absl::StrCat("CAUSAL+", base);
 }
 
-absl::StatusOr<AttentionMask> AttentionMask::Create(const MaskSpec& spec,
-                                                    int k_len, int q_offset,
+absl::StatusOr<AttentionMask> AttentionMask::Create(const MaskSpec& spec, int k_len, int q_offset,
                                                     int q_len) {
   if (absl::Status s = spec.Validate(k_len); !s.ok()) return s;
   if (q_offset < 0) {
@@ -120,11 +112,10 @@ absl::StatusOr<AttentionMask> AttentionMask::Create(const MaskSpec& spec,
         absl::StrCat("mask query offset must be >= 0, got ", q_offset));
   }
   if (q_len < 0) q_len = std::max(0, k_len - q_offset);
-  if (spec.kind == MaskKind::kUnilm && !spec.causal &&
-      int64_t{q_offset} + q_len > k_len) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "UNILM mask needs every query to be a key: q_offset ", q_offset,
-        " + q_len ", q_len, " > k_len ", k_len));
+  if (spec.kind == MaskKind::kUnilm && !spec.causal && int64_t{q_offset} + q_len > k_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("UNILM mask needs every query to be a key: q_offset ", q_offset, " + q_len ",
+                     q_len, " > k_len ", k_len));
   }
   AttentionMask m;
   m.q_len_ = q_len;
@@ -186,8 +177,7 @@ int64_t AttentionMask::CountAllowed(int64_t a, int64_t b) const {
       const int64_t ia = std::max(a, lo_);
       const int64_t la = std::max(ia, -window_);
       const int64_t lb = std::min(b, window_);
-      return Length(la, lb) + Multiples(ia, b, rate_) -
-             Multiples(la, lb, rate_);
+      return Length(la, lb) + Multiples(ia, b, rate_) - Multiples(la, lb, rate_);
     }
     case Pattern::kUnilm:
       break;
@@ -232,8 +222,7 @@ KeySpan AttentionMask::KeyRange(int q0, int q1) const {
     case Pattern::kUnilm: {
       const int64_t c = Segment(i1);
       if (!cumsum_.empty()) {
-        end = std::upper_bound(cumsum_.begin(), cumsum_.end(), c) -
-              cumsum_.begin();
+        end = std::upper_bound(cumsum_.begin(), cumsum_.end(), c) - cumsum_.begin();
       } else {
         // c(j) <= c: j < prefix_length when c == 0, else j <= i1.
         end = c == 0 ? prefix_length_ : i1 + 1;
@@ -267,8 +256,7 @@ std::string AttentionMask::DebugString() const {
   return s;
 }
 
-absl::StatusOr<std::vector<uint8_t>> MaterializeMask(const MaskSpec& spec,
-                                                     int seq_len) {
+absl::StatusOr<std::vector<uint8_t>> MaterializeMask(const MaskSpec& spec, int seq_len) {
   absl::StatusOr<AttentionMask> mask = AttentionMask::Create(spec, seq_len);
   if (!mask.ok()) return mask.status();
   return mask->Materialize();

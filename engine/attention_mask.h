@@ -33,8 +33,8 @@ std::string MaskKindName(MaskKind kind);
 
 struct MaskSpec {
   MaskKind kind = MaskKind::kBidirectional;  // base pattern
-  int window = 0;  // LOCAL/STRIDED: keys with |i - j| <= window are allowed
-  int rate = 0;    // DILATED/STRIDED: keys with (i - j) mod rate == 0 are allowed
+  int window = 0;       // LOCAL/STRIDED: keys with |i - j| <= window are allowed
+  int rate = 0;         // DILATED/STRIDED: keys with (i - j) mod rate == 0 are allowed
   bool causal = false;  // additionally require j <= i (ANDed with the pattern)
   // UNILM: segment id (0/1) of every key position of the sequence; empty means
   // "use prefix_length".
@@ -73,8 +73,7 @@ class AttentionMask {
  public:
   // q_len < 0 means k_len - q_offset (every position from q_offset on is a
   // query). UNILM needs every query position to be a key position.
-  static absl::StatusOr<AttentionMask> Create(const MaskSpec& spec, int k_len,
-                                              int q_offset = 0,
+  static absl::StatusOr<AttentionMask> Create(const MaskSpec& spec, int k_len, int q_offset = 0,
                                               int q_len = -1);
 
   int q_len() const { return q_len_; }
@@ -153,7 +152,6 @@ inline bool AttentionMask::Allowed(int r, int j) const {
 }
 
 // Validates spec against seq_len and returns the seq_len x seq_len matrix.
-absl::StatusOr<std::vector<uint8_t>> MaterializeMask(const MaskSpec& spec,
-                                                     int seq_len);
+absl::StatusOr<std::vector<uint8_t>> MaterializeMask(const MaskSpec& spec, int seq_len);
 
 }  // namespace maskserve::engine

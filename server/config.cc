@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "absl/flags/flag.h"
@@ -20,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 
@@ -100,6 +102,23 @@ std::vector<std::string> MergeRepeatedModelFlags(int argc, char** argv) {
   return out;
 }
 
+// Names of the flags given on the command line (this Abseil version keeps
+// IsSpecifiedOnCommandLine private).
+std::set<std::string> FlagsOnCommandLine(const std::vector<std::string>& args) {
+  std::set<std::string> out;
+  for (size_t i = 1; i < args.size(); ++i) {
+    absl::string_view a = args[i];
+    if (a == "--") break;
+    if (!absl::ConsumePrefix(&a, "--") && !absl::ConsumePrefix(&a, "-")) continue;
+    std::string name(a.substr(0, a.find('=')));
+    if (!IsKnownFlag(name) && absl::StartsWith(name, "no") && IsKnownFlag(name.substr(2))) {
+      name = name.substr(2);
+    }
+    out.insert(name);
+  }
+  return out;
+}
+
 std::string JsonToFlagValue(const nlohmann::json& v) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_array()) {
@@ -110,7 +129,7 @@ std::string JsonToFlagValue(const nlohmann::json& v) {
   return v.dump();
 }
 
-absl::Status ApplyConfigFile(const std::string& path) {
+absl::Status ApplyConfigFile(const std::string& path, const std::set<std::string>& on_command_line) {
   std::ifstream in(path);
   if (!in) return absl::InvalidArgumentError(absl::StrCat("--config: cannot read '", path, "'"));
   std::stringstream ss;
@@ -126,7 +145,7 @@ absl::Status ApplyConfigFile(const std::string& path) {
           absl::StrCat("--config: '", path, "' has unknown key '", it.key(), "'"));
     }
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(it.key());
-    if (flag == nullptr || flag->IsSpecifiedOnCommandLine()) continue;
+    if (flag == nullptr || on_command_line.count(it.key()) > 0) continue;
     const std::string env = "MASKSERVE_" + absl::AsciiStrToUpper(it.key());
     if (std::getenv(env.c_str()) != nullptr) continue;
     std::string err;
@@ -138,13 +157,13 @@ absl::Status ApplyConfigFile(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::Status ApplyEnvironment() {
+absl::Status ApplyEnvironment(const std::set<std::string>& on_command_line) {
   for (const char* name : kFlagNames) {
     const std::string env = "MASKSERVE_" + absl::AsciiStrToUpper(name);
     const char* value = std::getenv(env.c_str());
     if (value == nullptr) continue;
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-    if (flag == nullptr || flag->IsSpecifiedOnCommandLine()) continue;
+    if (flag == nullptr || on_command_line.count(name) > 0) continue;
     std::string err;
     if (!flag->ParseFrom(value, &err)) {
       return absl::InvalidArgumentError(absl::StrCat("environment ", env, ": ", err));
@@ -192,10 +211,11 @@ absl::StatusOr<ServerOptions> ParseServerOptions(int argc, char** argv) {
         absl::StrCat("unexpected positional argument '", positional[1],
                      "' (models are given with --model name=path)"));
   }
-  if (absl::Status s = ApplyEnvironment(); !s.ok()) return s;
+  const std::set<std::string> given = FlagsOnCommandLine(merged);
+  if (absl::Status s = ApplyEnvironment(given); !s.ok()) return s;
   const std::string config = absl::GetFlag(FLAGS_config);
   if (!config.empty()) {
-    if (absl::Status s = ApplyConfigFile(config); !s.ok()) return s;
+    if (absl::Status s = ApplyConfigFile(config, given); !s.ok()) return s;
   }
 
   ServerOptions o;
@@ -273,7 +293,7 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
   std::filesystem::path target(path);
   std::filesystem::path dir = target.parent_path();
   if (dir.empty()) dir = ".";
-  std::string tmp = (dir / ("." + target.filename().string() + ".tmp-XXXXXX")).string();
+  std::string tmp = absl::StrCat(dir.string(), "/.", target.filename().string(), ".tmp-XXXXXX");
   int fd = mkstemp(tmp.data());
   if (fd < 0) {
     return absl::InternalError(absl::StrCat("cannot create temporary file in ", dir.string(), ": ",

@@ -87,8 +87,19 @@ absl::StatusOr<ModelSnapshot> ModelRegistry::Get(const std::string& name) const 
                                           absl::StrJoin(names, ", ")));
 }
 
+void ModelRegistry::SetDraining() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
 absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> ModelRegistry::GetReady(
     const std::string& name) const {
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) {
+      return absl::UnavailableError("the server is shutting down; retry on another replica");
+    }
+  }
   absl::StatusOr<ModelSnapshot> snap = Get(name);
   if (!snap.ok()) return snap.status();
   switch (snap->state) {

@@ -63,6 +63,10 @@ class ModelRegistry {
   absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> GetReady(
       const std::string& name) const;
 
+  // From now on GetReady answers UNAVAILABLE ("shutting down"): new model
+  // work is refused while in-flight work drains.
+  void SetDraining();
+
   // True once no model is LOADING.
   bool AllSettled() const;
 
@@ -75,6 +79,7 @@ class ModelRegistry {
   Loader loader_;
   mutable absl::Mutex mu_;
   std::vector<ModelSnapshot> entries_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Listener> listeners_;
   std::thread thread_;
 };

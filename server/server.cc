@@ -18,15 +18,28 @@
 namespace maskserve::server {
 
 // Feeds finished RPCs into maskserve_requests_total / _duration_seconds.
+// Also counts calls in flight, so shutdown can drain them before stopping
+// the gRPC server.
 class Server::MetricsObserver : public RpcObserver {
  public:
   explicit MetricsObserver(metrics::ServerMetrics* m) : m_(m) {}
   void OnRpcStart(absl::string_view service, absl::string_view method) override {
     For(service, method)->Started();
+    absl::MutexLock lock(&mu_);
+    ++inflight_;
   }
   void OnRpcDone(absl::string_view service, absl::string_view method, int code,
                  double seconds) override {
     For(service, method)->Finished(code, seconds);
+    absl::MutexLock lock(&mu_);
+    --inflight_;
+  }
+  // Waits until no call is in flight or `deadline` passes; returns the count left.
+  int WaitIdle(absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
+    mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+    return inflight_;
   }
 
  private:
@@ -34,6 +47,8 @@ class Server::MetricsObserver : public RpcObserver {
     return m_->ForMethod(std::string(service), std::string(method));
   }
   metrics::ServerMetrics* m_;
+  absl::Mutex mu_;
+  int inflight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> LoadModelForServing(
@@ -85,8 +100,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   }
   s->registry_->AddListener([self](const ModelSnapshot& snap) { self->OnModelStateChange(snap); });
 
+  WorkerPoolOptions po;
+  po.num_threads = s->options_.cpu.usable_cores;
+  po.name = "cpu";
+  absl::StatusOr<std::unique_ptr<WorkerPool>> pool = WorkerPool::Create(po);
+  if (!pool.ok()) return pool.status();
+  s->cpu_pool_ = std::move(*pool);
+
   s->models_service_ = std::make_unique<ModelsService>(s->registry_.get());
-  s->embedding_service_ = std::make_unique<EmbeddingService>(s->registry_.get(), &s->options_);
+  s->embedding_service_ = std::make_unique<EmbeddingService>(s->registry_.get(), &s->options_,
+                                                             s->cpu_pool_.get());
   s->generation_service_ = std::make_unique<GenerationService>(s->registry_.get(), &s->options_);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -198,12 +221,19 @@ void Server::Shutdown(double grace_s) {
   }
   if (!shutting_down_.exchange(true)) {
     LogEvent(LogLevel::kInfo, "shutdown_begin", {{"grace_s", absl::StrCat(grace_s)}});
-    // Tell load balancers first, then stop accepting and drain.
+    // Tell load balancers first and refuse new model work (UNAVAILABLE, so
+    // clients retry elsewhere), then let in-flight calls finish. gRPC's own
+    // Shutdown() runs only after the drain: it closes a connection once its
+    // GOAWAY is acknowledged, which can cut off a response still being written.
     grpc_server_->GetHealthCheckService()->Shutdown();
-    const auto deadline =
-        std::chrono::system_clock::now() +
-        std::chrono::milliseconds(static_cast<int64_t>(grace_s * 1000));
-    grpc_server_->Shutdown(deadline);
+    registry_->SetDraining();
+    const absl::Time deadline = absl::Now() + absl::Seconds(grace_s);
+    const int left = observer_->WaitIdle(deadline);
+    if (left > 0) {
+      LogEvent(LogLevel::kWarning, "shutdown_grace_expired",
+               {{"cancelled_calls", absl::StrCat(left)}});
+    }
+    grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     grpc_server_->Wait();
     if (exporter_) exporter_->Shutdown();
     LogEvent(LogLevel::kInfo, "shutdown_done", {});

@@ -15,6 +15,7 @@
 #include "server/metrics/server_metrics.h"
 #include "server/model_registry.h"
 #include "server/request_interceptor.h"
+#include "server/scheduler/worker_pool.h"
 
 namespace maskserve::server {
 
@@ -62,6 +63,8 @@ class Server {
   std::unique_ptr<metrics::ServerMetrics> server_metrics_;
   std::unique_ptr<MetricsObserver> observer_;
   std::unique_ptr<ModelRegistry> registry_;
+  // CPU work of handlers (tokenisation ...); sized from the CPU budget.
+  std::unique_ptr<WorkerPool> cpu_pool_;
   std::unique_ptr<ModelsService> models_service_;
   std::unique_ptr<EmbeddingService> embedding_service_;
   std::unique_ptr<GenerationService> generation_service_;

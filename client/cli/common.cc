@@ -9,9 +9,11 @@
 namespace maskserve::client::cli {
 
 int Fail(const absl::Status& status) {
+  // Always "error: CODE: message" so that scripts can match on the code.
   std::fprintf(stderr, "error: %s: %s\n",
                absl::StatusCodeToString(status.code()).c_str(),
-               std::string(status.message()).c_str());
+               status.message().empty() ? "(no message)"
+                                        : std::string(status.message()).c_str());
   return 2;
 }
 

@@ -39,6 +39,8 @@ int RunEmbed(CliContext& ctx, const Args& args) {
   parser.AddFlag("truncate", &truncate, "cut over-long inputs instead of failing");
   parser.AddInt("max_length", &max_length, "token budget per input (0 = model max)");
   parser.AddString("mask", &mask, "attention mask, e.g. local:64 (see generate --help)");
+  std::vector<std::string> pairs;
+  parser.AddStringList("pair", &pairs, "second segment of input i (repeat once per TEXT)");
   parser.AddString("file", &file, "embed every line of this file");
   parser.AddInt("batch", &batch, "texts per request with --file (default 64)");
   int code = 0;
@@ -77,13 +79,19 @@ int RunEmbed(CliContext& ctx, const Args& args) {
     batch = std::max<int>(1, static_cast<int>(texts.size()));
   }
   if (texts.empty()) return Fail(Missing("TEXT or --file"));
+  if (!pairs.empty() && (!file.empty() || pairs.size() != texts.size())) {
+    return Fail(absl::InvalidArgumentError("give one --pair per TEXT (not with --file)"));
+  }
 
   v1::EmbedResponse merged;
   google::protobuf::RepeatedPtrField<v1::EmbedResponse::Embedding> all_embeddings;
   for (size_t start = 0; start < texts.size(); start += batch) {
     v1::EmbedRequest request = base;
     const size_t end = std::min(texts.size(), start + static_cast<size_t>(batch));
-    for (size_t i = start; i < end; ++i) request.add_texts(texts[i]);
+    for (size_t i = start; i < end; ++i) {
+      request.add_texts(texts[i]);
+      if (!pairs.empty()) request.add_text_pairs(pairs[i]);
+    }
     auto response = ctx.client->Embed(request, ctx.Call(absl::Seconds(60)));
     if (!response.ok()) return Fail(response.status());
     if (ctx.json) {
@@ -117,6 +125,8 @@ int RunTokenize(CliContext& ctx, const Args& args) {
   parser.AddFlag("no_special_tokens", &no_special, "do not add [CLS]/[SEP]/BOS...");
   parser.AddFlag("truncate", &truncate, "truncate to --max_length");
   parser.AddInt("max_length", &max_length, "token budget (0 = model max)");
+  std::vector<std::string> pairs;
+  parser.AddStringList("pair", &pairs, "second segment of input i (repeat once per TEXT)");
   int code = 0;
   if (!ParseOrExit(parser, args, &code)) return code;
   if (model.empty()) return Fail(Missing("--model"));
@@ -125,6 +135,12 @@ int RunTokenize(CliContext& ctx, const Args& args) {
   v1::TokenizeRequest request;
   request.set_model(model);
   for (const auto& t : parser.positionals()) request.add_texts(t);
+  if (!pairs.empty()) {
+    if (pairs.size() != parser.positionals().size()) {
+      return Fail(absl::InvalidArgumentError("give one --pair per TEXT"));
+    }
+    for (const auto& p : pairs) request.add_text_pairs(p);
+  }
   if (no_special) request.set_add_special_tokens(false);
   request.set_truncate(truncate);
   request.set_max_length(max_length);

@@ -9,6 +9,8 @@
 #include <random>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace maskserve::client {
@@ -81,6 +83,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("max_message_bytes must be > 0");
   }
+  for (const auto& [key, value] : options.metadata) {
+    if (key.empty() || absl::StartsWithIgnoreCase(key, "grpc-")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid metadata key '", key, "'"));
+    }
+  }
   auto creds = MakeCredentials(options);
   if (!creds.ok()) return creds.status();
 
@@ -123,11 +131,12 @@ void Client::PrepareContext(grpc::ClientContext* ctx, const CallOptions& call,
     ctx->AddMetadata("authorization",
                      absl::StrCat("Bearer ", options_.bearer_token));
   }
-  for (const auto& [key, value] : options_.metadata) {
-    ctx->AddMetadata(key, value);
-  }
-  for (const auto& [key, value] : call.metadata) {
-    ctx->AddMetadata(key, value);
+  // gRPC rejects upper-case keys; HTTP/2 header names are case-insensitive
+  // anyway, so normalise instead of failing the call.
+  for (const auto* list : {&options_.metadata, &call.metadata}) {
+    for (const auto& [key, value] : *list) {
+      ctx->AddMetadata(absl::AsciiStrToLower(key), value);
+    }
   }
 }
 

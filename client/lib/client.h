@@ -54,8 +54,8 @@ struct ClientOptions {
   // Largest message sent or received, in bytes (embeddings of big batches
   // and exported whitening profiles exceed gRPC's 4 MiB default).
   int max_message_bytes = 64 << 20;
-  // Metadata added to every call, e.g. {"x-request-id", "..."}; keys must
-  // be lowercase.
+  // Metadata added to every call, e.g. {"x-request-id", "..."}; keys are
+  // sent lower-cased and must not start with "grpc-".
   std::vector<std::pair<std::string, std::string>> metadata;
   // Give this client its own TCP connection even when another Client in the
   // process targets the same server (load generators spreading load).

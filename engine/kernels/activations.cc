@@ -1,10 +1,10 @@
 #include "engine/kernels/activations.h"
 
-#include <immintrin.h>
 #include <omp.h>
 
 #include <cstdint>
 
+#include "engine/kernels/simd.h"
 #include "engine/onednn/engine_context.h"
 
 namespace maskserve::engine::kernels {

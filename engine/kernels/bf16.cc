@@ -1,8 +1,8 @@
 #include "engine/kernels/bf16.h"
 
-#include <immintrin.h>
-
 #include <cstring>
+
+#include "engine/kernels/simd.h"
 
 namespace maskserve::engine::kernels {
 namespace {

@@ -1,10 +1,9 @@
 #include "engine/kernels/norms.h"
 
-#include <immintrin.h>
-
 #include <cmath>
 #include <cstddef>
 
+#include "engine/kernels/simd.h"
 #include "engine/onednn/engine_context.h"
 
 namespace maskserve::engine::kernels {

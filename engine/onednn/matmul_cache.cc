@@ -1,8 +1,10 @@
 #include "engine/onednn/matmul_cache.h"
 
+#include <omp.h>
+
 #include <bit>
+#include <string>
 #include <cstdlib>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/kernels/bf16.h"
@@ -52,6 +54,7 @@ thread_local ThreadBuffer t_scratchpad;
 struct MatmulCache::Entry {
   dnnl::matmul prim;
   dnnl::memory::desc src_md, dst_md, scratch_md;
+  bool reference = false;  // oneDNN picked its reference implementation
 };
 
 MatmulCache::MatmulCache(const MatmulCacheOptions& options) : options_(options) {}
@@ -72,7 +75,7 @@ int MatmulCache::RowClass(int rows, int max_chunk_rows) {
 
 MatmulCache::Stats MatmulCache::stats() const {
   absl::MutexLock lock(&mu_);
-  return Stats{entries_.size(), hits_, misses_};
+  return Stats{entries_.size(), hits_, misses_, reference_impls_};
 }
 
 absl::StatusOr<std::shared_ptr<const MatmulCache::Entry>> MatmulCache::GetOrCreate(
@@ -110,6 +113,7 @@ absl::StatusOr<std::shared_ptr<const MatmulCache::Entry>> MatmulCache::GetOrCrea
     const dnnl::matmul::primitive_desc pd(desc, attr, eng);
     entry->scratch_md = pd.scratchpad_desc();
     entry->prim = dnnl::matmul(pd);
+    entry->reference = std::string(pd.impl_info_str()).rfind("ref", 0) == 0;
   } catch (const dnnl::error& e) {
     return absl::InternalError(absl::StrCat("MatmulCache: oneDNN matmul M=", key.m, " K=", key.k,
                                             " N=", key.n, ": ", e.what()));
@@ -118,6 +122,7 @@ absl::StatusOr<std::shared_ptr<const MatmulCache::Entry>> MatmulCache::GetOrCrea
   ++misses_;
   // Another thread may have raced us to it; keep the first one.
   auto [it, inserted] = entries_.emplace(key, std::move(entry));
+  if (inserted && it->second->reference) ++reference_impls_;
   return it->second;
 }
 
@@ -136,12 +141,22 @@ absl::Status MatmulCache::Linear(const float* x, int M, const PackedLinear& w, f
   const size_t k = static_cast<size_t>(K), n = static_cast<size_t>(N);
 
   // BF16 source: converted ourselves (AVX512-BF16, one pass) rather than by a
-  // oneDNN reorder, which costs a primitive call per piece (measured in
-  // bench/matmul_bench.cc).
+  // oneDNN reorder: as fast for large M, 2-5x faster for M <= 16 where the
+  // reorder's call overhead dominates, and no extra primitive to cache
+  // (`matmul_bench convert`). oneDNN 2.6 has no f32-src x bf16-weight matmul.
   const void* src = x;
   if (bf16) {
     auto* buf = static_cast<uint16_t*>(t_bf16_src.Get(static_cast<size_t>(M) * k * sizeof(uint16_t)));
-    kernels::FloatToBf16(x, buf, static_cast<size_t>(M) * k);
+    const size_t total = static_cast<size_t>(M) * k;
+    // Memory-bound: worth splitting across the call's threads only when big.
+    const int conv_threads = total >= (size_t{1} << 16) ? threads : 1;
+#pragma omp parallel num_threads(conv_threads) if (conv_threads > 1)
+    {
+      const size_t t = static_cast<size_t>(omp_get_thread_num());
+      const size_t nt = static_cast<size_t>(omp_get_num_threads());
+      const size_t r0 = static_cast<size_t>(M) * t / nt, r1 = static_cast<size_t>(M) * (t + 1) / nt;
+      kernels::FloatToBf16(x + r0 * k, buf + r0 * k, (r1 - r0) * k);
+    }
     src = buf;
   }
   const size_t src_elem = bf16 ? sizeof(uint16_t) : sizeof(float);
@@ -160,14 +175,21 @@ absl::Status MatmulCache::Linear(const float* x, int M, const PackedLinear& w, f
       dnnl::memory src_mem(e.src_md, eng,
                            const_cast<char*>(static_cast<const char*>(src)) + row * k * src_elem);
       dnnl::memory dst_mem(e.dst_md, eng, y + row * n);
+      // The C entry point takes a plain array: no per-call hash map.
+      dnnl_exec_arg_t args[5];
+      int nargs = 0;
+      args[nargs++] = {DNNL_ARG_SRC, src_mem.get()};
+      args[nargs++] = {DNNL_ARG_WEIGHTS, wi.weights.get()};
+      args[nargs++] = {DNNL_ARG_DST, dst_mem.get()};
+      if (post.bias) args[nargs++] = {DNNL_ARG_BIAS, wi.bias.get()};
+      dnnl::memory scratch_mem;
       const size_t scratch_bytes = e.scratch_md.get_size();
-      dnnl::memory scratch_mem(e.scratch_md, eng, scratch_bytes ? t_scratchpad.Get(scratch_bytes) : nullptr);
-      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src_mem},
-                                                 {DNNL_ARG_WEIGHTS, wi.weights},
-                                                 {DNNL_ARG_DST, dst_mem},
-                                                 {DNNL_ARG_SCRATCHPAD, scratch_mem}};
-      if (post.bias) args.emplace(DNNL_ARG_BIAS, wi.bias);
-      e.prim.execute(stream, args);
+      if (scratch_bytes > 0) {
+        scratch_mem = dnnl::memory(e.scratch_md, eng, t_scratchpad.Get(scratch_bytes));
+        args[nargs++] = {DNNL_ARG_SCRATCHPAD, scratch_mem.get()};
+      }
+      dnnl::error::wrap_c_api(dnnl_primitive_execute(e.prim.get(), stream.get(), nargs, args),
+                              "could not execute matmul");
       row += key.m;
     }
     stream.wait();

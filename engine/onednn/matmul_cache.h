@@ -3,16 +3,19 @@
 //
 // Row classes (why primitives are per-M and not runtime-M): in oneDNN 2.6 a
 // matmul with a runtime M (DNNL_RUNTIME_DIM_VAL) dispatches to gemm:jit,
-// which cannot read the packed blocked weights (only ref:any can, ~100x
-// slower), and whose BF16 path is 5-40% slower than the brgemm kernel at
-// M <= 64. Per-M brgemm primitives cost ~0.3 ms and ~200 KB each to create,
-// so M is split into pieces of a bounded set of sizes: chunks of
-// max_chunk_rows, then the remainder is rounded *down* to its row class and
-// the rest recursively (exact below 17 rows; above, 8 classes per power of
-// two, e.g. 300 = 288 + 12). No padding or copies, at most ~3 extra
-// primitive calls per Linear, and <= 56 primitives per (K, N, dtype,
-// post-op) with the default 512-row chunk. Small-M brgemm runs at ~95% of
-// large-M throughput here (weights stay in cache), so splitting is cheap.
+// which cannot read the packed blocked weights (only the reference kernel,
+// ref:any, accepts them) and whose BF16 path is slower than brgemm at small
+// M (M=8: ~240 vs ~130 us for 768x768; FP32 is on par). Per-M brgemm
+// primitives cost 0.3-1 ms and ~200 KB each to create, so M is split into
+// pieces of a bounded set of sizes: chunks of max_chunk_rows, then the
+// remainder is rounded *down* to its row class and the rest handled the same
+// way (exact up to 16 rows; above, 8 classes per power of two, e.g.
+// 300 = 288 + 12). No padding or copies, at most ~3 extra primitive calls per
+// Linear, and <= 56 primitives per (K, N, dtype, post-op, thread count) with
+// the default 512-row chunk. Small-M brgemm runs close to large-M throughput
+// (weights stay in cache), so Linear measures within noise of one exact-M
+// primitive (`matmul_bench mclass`). The packed weight layout is not part of
+// the key: PackedLinear derives it from (K, N, dtype) alone.
 //
 // Thread safety: Linear may be called concurrently from any number of
 // threads. Primitive lookup is under a mutex; creation happens outside it;
@@ -83,6 +86,9 @@ class MatmulCache {
     size_t primitives = 0;  // distinct primitives created and held
     uint64_t hits = 0;      // primitive lookups that found one
     uint64_t misses = 0;    // lookups that had to create one
+    // Primitives that fell back to oneDNN's reference (slow, scalar) kernel:
+    // 0 unless the packed layout and a row class disagree; worth alerting on.
+    size_t reference_impls = 0;
   };
   Stats stats() const;
 
@@ -113,6 +119,7 @@ class MatmulCache {
   absl::flat_hash_map<Key, std::shared_ptr<const Entry>> entries_ ABSL_GUARDED_BY(mu_);
   uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t misses_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t reference_impls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace maskserve::engine

@@ -55,7 +55,7 @@ class AddedTokenMatcher {
     bool lstrip;
     bool rstrip;
   };
-  std::vector<Entry> tokens_;  // sorted by text (= Python's sorted order)
+  std::vector<Entry> tokens_;   // sorted by text (= Python's sorted order)
   std::u32string first_chars_;  // first code point of every token, for a quick reject
 };
 

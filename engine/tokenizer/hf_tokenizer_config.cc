@@ -13,7 +13,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char* kRoles[] = {"unk_token", "cls_token", "sep_token", "pad_token",
+constexpr const char* kRoles[] = {"unk_token",  "cls_token", "sep_token", "pad_token",
                                   "mask_token", "bos_token", "eos_token"};
 
 std::optional<HfSpecialToken> ParseSpecial(const json& v) {

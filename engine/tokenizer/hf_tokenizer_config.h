@@ -24,15 +24,15 @@ struct HfSpecialToken {
 };
 
 struct HfTokenizerConfig {
-  std::string tokenizer_class;                      // e.g. "BertTokenizer"; empty when absent
-  std::optional<bool> do_lower_case;                // absent: the class default
-  bool strip_accents_set = false;                   // key present with a bool value
-  bool strip_accents = false;                       // its value (null/absent: follow lower-casing)
+  std::string tokenizer_class;        // e.g. "BertTokenizer"; empty when absent
+  std::optional<bool> do_lower_case;  // absent: the class default
+  bool strip_accents_set = false;     // key present with a bool value
+  bool strip_accents = false;         // its value (null/absent: follow lower-casing)
   std::optional<bool> tokenize_chinese_chars;
   std::optional<bool> do_basic_tokenize;
   std::optional<bool> clean_up_tokenization_spaces;
   std::vector<std::string> never_split;
-  int64_t model_max_length = 0;                     // 0 when absent or HF's "unbounded" 1e30
+  int64_t model_max_length = 0;  // 0 when absent or HF's "unbounded" 1e30
   // Role tokens by HF attribute name: "unk_token", "cls_token", "sep_token",
   // "pad_token", "mask_token", "bos_token", "eos_token".
   std::map<std::string, HfSpecialToken> special_tokens;

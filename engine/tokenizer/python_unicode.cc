@@ -26,7 +26,7 @@ bool AssignedAfterUnicode14(char32_t cp) {
   if (cp < kNewIn15[0][0]) return false;
   // First range whose end is >= cp.
   const auto* it = std::lower_bound(std::begin(kNewIn15), std::end(kNewIn15), cp,
-                                    [](const char32_t (&r)[2], char32_t v) { return r[1] < v; });
+                                    [](const char32_t(&r)[2], char32_t v) { return r[1] < v; });
   return it != std::end(kNewIn15) && (*it)[0] <= cp;
 }
 

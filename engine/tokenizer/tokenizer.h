@@ -35,9 +35,9 @@ struct Encoding {
 struct TruncationOptions {
   enum class Strategy { kLongestFirst, kOnlyFirst, kOnlySecond };
   enum class Side { kRight, kLeft };
-  int max_length = 0;                             // total length incl. specials; 0 = no truncation
-  Strategy strategy = Strategy::kLongestFirst;    // which sequence loses tokens
-  Side side = Side::kRight;                       // which end loses tokens
+  int max_length = 0;                           // total length incl. specials; 0 = no truncation
+  Strategy strategy = Strategy::kLongestFirst;  // which sequence loses tokens
+  Side side = Side::kRight;                     // which end loses tokens
 };
 
 // Ids of the tokenizer's role tokens; nullopt when the tokenizer has none.

@@ -39,8 +39,7 @@ absl::Status DecodeUtf8(absl::string_view text, std::u32string* out) {
       }
     }
     if (!ok || cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("text is not valid UTF-8 at byte ", i));
+      return absl::InvalidArgumentError(absl::StrCat("text is not valid UTF-8 at byte ", i));
     }
     out->push_back(cp);
     i += len;

@@ -23,14 +23,14 @@
 namespace maskserve::engine {
 
 struct WordPieceOptions {
-  std::vector<std::string> vocab;                 // token of each id (vocab.txt line order)
-  std::string continuing_subword_prefix = "##";   // marks word-internal pieces
-  int max_input_chars_per_word = 100;             // longer words (in code points) become unk
-  bool do_lower_case = true;                      // lower-case text (special tokens excepted)
-  std::optional<bool> strip_accents;              // NFD + drop Mn; nullopt: iff do_lower_case
-  bool tokenize_chinese_chars = true;             // every CJK ideograph is its own word
-  bool do_basic_tokenize = true;                  // false: WordPiece on whitespace-split raw text
-  std::vector<std::string> never_split;           // words BasicTokenizer leaves whole
+  std::vector<std::string> vocab;                // token of each id (vocab.txt line order)
+  std::string continuing_subword_prefix = "##";  // marks word-internal pieces
+  int max_input_chars_per_word = 100;            // longer words (in code points) become unk
+  bool do_lower_case = true;                     // lower-case text (special tokens excepted)
+  std::optional<bool> strip_accents;             // NFD + drop Mn; nullopt: iff do_lower_case
+  bool tokenize_chinese_chars = true;            // every CJK ideograph is its own word
+  bool do_basic_tokenize = true;                 // false: WordPiece on whitespace-split raw text
+  std::vector<std::string> never_split;          // words BasicTokenizer leaves whole
   // Role tokens; empty content = the tokenizer has none. Tokens missing from
   // `vocab` get new ids after it, as from_pretrained adds them.
   HfSpecialToken unk_token{"[UNK]"};
@@ -40,10 +40,11 @@ struct WordPieceOptions {
   HfSpecialToken mask_token{"[MASK]"};
   HfSpecialToken bos_token{""};
   HfSpecialToken eos_token{""};
-  std::vector<HfSpecialToken> additional_special_tokens;     // also special (skipped on decode)
-  std::vector<std::pair<std::string, int32_t>> added_tokens;  // added_tokens.json: matched, not special
-  int model_max_length = 0;                       // 0 = unknown
-  bool clean_up_tokenization_spaces = true;       // Decode joins " ." -> "." etc.
+  std::vector<HfSpecialToken> additional_special_tokens;  // also special (skipped on decode)
+  std::vector<std::pair<std::string, int32_t>>
+      added_tokens;                          // added_tokens.json: matched, not special
+  int model_max_length = 0;                  // 0 = unknown
+  bool clean_up_tokenization_spaces = true;  // Decode joins " ." -> "." etc.
 };
 
 // Which files of a model directory define the vocabulary.
@@ -109,10 +110,10 @@ class WordPieceTokenizer final : public Tokenizer {
 
   WordPieceOptions options_;
   bool strip_accents_ = true;
-  absl::flat_hash_map<std::string, int32_t> vocab_;     // vocab.txt only: what WordPiece matches
-  absl::flat_hash_map<std::string, int32_t> added_;     // tokens beyond the vocabulary
+  absl::flat_hash_map<std::string, int32_t> vocab_;  // vocab.txt only: what WordPiece matches
+  absl::flat_hash_map<std::string, int32_t> added_;  // tokens beyond the vocabulary
   std::vector<std::string> id_to_token_;
-  std::vector<AddedToken> added_tokens_;                // matched in text before basic tokenization
+  std::vector<AddedToken> added_tokens_;  // matched in text before basic tokenization
   AddedTokenMatcher matcher_;
   absl::flat_hash_set<std::string> never_split_;
   absl::flat_hash_set<int32_t> special_set_;

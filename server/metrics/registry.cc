@@ -223,7 +223,7 @@ void MetricFamily::DieOnLabelCount(size_t got) const {
 
 FamilySnapshot CounterFamily::Snapshot() const {
   FamilySnapshot f = EmptySnapshot();
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [labels, child] : children_) {
     MetricPoint p;
     p.label_values = labels;
@@ -235,7 +235,7 @@ FamilySnapshot CounterFamily::Snapshot() const {
 
 FamilySnapshot GaugeFamily::Snapshot() const {
   FamilySnapshot f = EmptySnapshot();
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [labels, child] : children_) {
     MetricPoint p;
     p.label_values = labels;
@@ -254,7 +254,7 @@ HistogramFamily::HistogramFamily(std::string name, std::string help,
 FamilySnapshot HistogramFamily::Snapshot() const {
   FamilySnapshot f = EmptySnapshot();
   f.bucket_bounds = bounds_;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [labels, child] : children_) {
     MetricPoint p;
     p.label_values = labels;
@@ -314,7 +314,7 @@ void MetricsRegistry::Insert(std::unique_ptr<MetricFamily> family) {
 absl::StatusOr<CounterFamily*> MetricsRegistry::AddCounter(
     const std::string& name, const std::string& help,
     const std::vector<std::string>& label_names) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<MetricFamily*> existing =
       CheckRegistration(name, MetricType::kCounter, label_names, nullptr);
   if (!existing.ok()) return existing.status();
@@ -329,7 +329,7 @@ absl::StatusOr<CounterFamily*> MetricsRegistry::AddCounter(
 absl::StatusOr<GaugeFamily*> MetricsRegistry::AddGauge(
     const std::string& name, const std::string& help,
     const std::vector<std::string>& label_names) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<MetricFamily*> existing =
       CheckRegistration(name, MetricType::kGauge, label_names, nullptr);
   if (!existing.ok()) return existing.status();
@@ -345,7 +345,7 @@ absl::StatusOr<HistogramFamily*> MetricsRegistry::AddHistogram(
     const std::string& name, const std::string& help,
     const std::vector<std::string>& label_names, std::vector<double> buckets) {
   if (!buckets.empty() && std::isinf(buckets.back()) && buckets.back() > 0) buckets.pop_back();
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<MetricFamily*> existing =
       CheckRegistration(name, MetricType::kHistogram, label_names, &buckets);
   if (!existing.ok()) return existing.status();
@@ -358,7 +358,7 @@ absl::StatusOr<HistogramFamily*> MetricsRegistry::AddHistogram(
 }
 
 CollectorId MetricsRegistry::AddCollector(Collector collector) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   const CollectorId id = next_collector_id_++;
   collectors_[id] = std::make_shared<Collector>(std::move(collector));
   return id;
@@ -366,16 +366,16 @@ CollectorId MetricsRegistry::AddCollector(Collector collector) {
 
 void MetricsRegistry::RemoveCollector(CollectorId id) {
   // Taking collect_mu_ waits out a scrape that may be running this collector.
-  absl::MutexLock collect_lock(&collect_mu_);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> collect_lock(collect_mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   collectors_.erase(id);
 }
 
 std::vector<FamilySnapshot> MetricsRegistry::Collect() const {
-  absl::MutexLock collect_lock(&collect_mu_);
+  std::lock_guard<std::mutex> collect_lock(collect_mu_);
   std::vector<std::shared_ptr<Collector>> collectors;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [id, c] : collectors_) collectors.push_back(c);
   }
   // Collectors run without mu_ so they may register families or set gauges.
@@ -383,7 +383,7 @@ std::vector<FamilySnapshot> MetricsRegistry::Collect() const {
   for (const auto& c : collectors) (*c)(&collected);
 
   std::vector<FamilySnapshot> out;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::set<std::string> taken;
   for (const auto& [series, owner] : series_names_) taken.insert(series);
   for (const auto& [name, family] : families_) {

@@ -13,13 +13,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 
 namespace maskserve::server::metrics {
 
@@ -167,7 +166,7 @@ class Family : public MetricFamily {
                                         " label values, got " +
                                         std::to_string(label_values.size()));
     }
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     std::unique_ptr<Child>& slot = children_[label_values];
     if (slot == nullptr) slot = NewChild();
     return slot.get();
@@ -176,8 +175,11 @@ class Family : public MetricFamily {
  protected:
   virtual std::unique_ptr<Child> NewChild() const = 0;
 
-  mutable absl::Mutex mu_;
-  std::map<std::vector<std::string>, std::unique_ptr<Child>> children_ ABSL_GUARDED_BY(mu_);
+  // std::mutex rather than absl::Mutex: Debian's absl is not built with
+  // TSan, so TSan builds could not see absl::Mutex's synchronisation.
+  mutable std::mutex mu_;
+  // Guarded by mu_.
+  std::map<std::vector<std::string>, std::unique_ptr<Child>> children_;
 };
 
 class CounterFamily final : public Family<Counter> {
@@ -259,19 +261,20 @@ class MetricsRegistry {
   // name (or nullptr when new), or an error.
   absl::StatusOr<MetricFamily*> CheckRegistration(const std::string& name, MetricType type,
                                                   const std::vector<std::string>& label_names,
-                                                  const std::vector<double>* buckets) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Insert(std::unique_ptr<MetricFamily> family) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                                  const std::vector<double>* buckets) const;
+  void Insert(std::unique_ptr<MetricFamily> family);
 
   // Serialises scrapes so collectors never run concurrently with themselves.
-  mutable absl::Mutex collect_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  mutable absl::Mutex mu_;
-  std::map<std::string, std::unique_ptr<MetricFamily>> families_ ABSL_GUARDED_BY(mu_);
+  // Taken before mu_ when both are held.
+  mutable std::mutex collect_mu_;
+  // Guards everything below; CheckRegistration and Insert need it held.
+  mutable std::mutex mu_;
+  std::map<std::string, std::unique_ptr<MetricFamily>> families_;
   // Every series name families_ produce (name, and name_bucket/_sum/_count
   // for histograms) -> owning family name; used to reject clashes.
-  std::map<std::string, std::string> series_names_ ABSL_GUARDED_BY(mu_);
-  std::map<CollectorId, std::shared_ptr<Collector>> collectors_ ABSL_GUARDED_BY(mu_);
-  CollectorId next_collector_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<std::string, std::string> series_names_;
+  std::map<CollectorId, std::shared_ptr<Collector>> collectors_;
+  CollectorId next_collector_id_ = 1;
 };
 
 }  // namespace maskserve::server::metrics

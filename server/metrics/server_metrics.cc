@@ -86,7 +86,7 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(MetricsRegi
 }
 
 MethodMetrics* ServerMetrics::ForMethod(const std::string& service, const std::string& method) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::unique_ptr<MethodMetrics>& slot = methods_[{service, method}];
   if (slot == nullptr) {
     slot = std::make_unique<MethodMetrics>(service, method, requests_total,

@@ -9,12 +9,11 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "server/metrics/registry.h"
 
 namespace maskserve::server::metrics {
@@ -95,9 +94,9 @@ struct ServerMetrics {
   GaugeFamily* model_load_seconds = nullptr;
 
  private:
-  absl::Mutex mu_;
-  std::map<std::pair<std::string, std::string>, std::unique_ptr<MethodMetrics>> methods_
-      ABSL_GUARDED_BY(mu_);
+  std::mutex mu_;
+  // Guarded by mu_.
+  std::map<std::pair<std::string, std::string>, std::unique_ptr<MethodMetrics>> methods_;
 };
 
 }  // namespace maskserve::server::metrics

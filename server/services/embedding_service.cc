@@ -58,27 +58,44 @@ grpc::ServerUnaryReactor* EmbeddingService::Embed(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* EmbeddingService::Tokenize(grpc::CallbackServerContext* context,
                                                      const pb::TokenizeRequest* request,
                                                      pb::TokenizeResponse* response) {
+  return RunOnPool(context, [this, context, request, response] {
+    return DoTokenize(context, request, response);
+  });
+}
+
+grpc::ServerUnaryReactor* EmbeddingService::RunOnPool(grpc::CallbackServerContext* context,
+                                                      std::function<absl::Status()> work) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status queued = pool_->Submit(
+      [reactor, work = std::move(work)] { reactor->Finish(ToGrpcStatus(work())); });
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  return reactor;
+}
+
+absl::Status EmbeddingService::DoTokenize(grpc::CallbackServerContext* context,
+                                          const pb::TokenizeRequest* request,
+                                          pb::TokenizeResponse* response) {
   auto model = ResolveModel(*registry_, request->model());
-  if (!model.ok()) return FinishUnary(context, model.status());
+  if (!model.ok()) return model.status();
   const engine::Tokenizer* tok = (*model)->tokenizer();
   if (tok == nullptr) {
-    return FinishUnary(context, absl::FailedPreconditionError(absl::StrCat(
-                                    "model '", request->model(), "' has no tokenizer files")));
+    return absl::FailedPreconditionError(absl::StrCat(
+                                    "model '", request->model(), "' has no tokenizer files"));
   }
   const int n = request->texts_size();
-  if (n == 0) return FinishUnary(context, absl::InvalidArgumentError("texts must not be empty"));
+  if (n == 0) return absl::InvalidArgumentError("texts must not be empty");
   if (n > options_->max_inputs_per_request) {
-    return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
+    return absl::InvalidArgumentError(absl::StrCat(
                                     "texts has ", n, " inputs; the limit is ",
-                                    options_->max_inputs_per_request)));
+                                    options_->max_inputs_per_request));
   }
   if (request->text_pairs_size() != 0 && request->text_pairs_size() != n) {
-    return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
+    return absl::InvalidArgumentError(absl::StrCat(
                                     "text_pairs has ", request->text_pairs_size(),
-                                    " entries; it must be empty or match texts (", n, ")")));
+                                    " entries; it must be empty or match texts (", n, ")"));
   }
   if (request->max_length() < 0) {
-    return FinishUnary(context, absl::InvalidArgumentError("max_length must be >= 0"));
+    return absl::InvalidArgumentError("max_length must be >= 0");
   }
   const int max_length = request->max_length() > 0 ? request->max_length()
                                                    : (*model)->description().max_sequence_length;
@@ -89,19 +106,19 @@ grpc::ServerUnaryReactor* EmbeddingService::Tokenize(grpc::CallbackServerContext
   int64_t total_tokens = 0;
   for (int i = 0; i < n; ++i) {
     if (context->IsCancelled()) {
-      return FinishUnary(context, absl::CancelledError("the client cancelled the call"));
+      return absl::CancelledError("the client cancelled the call");
     }
     absl::StatusOr<engine::Encoding> enc =
         request->text_pairs_size() == 0
             ? tok->Encode(request->texts(i), add_special, trunc)
             : tok->EncodePair(request->texts(i), request->text_pairs(i), add_special, trunc);
-    if (!enc.ok()) return FinishUnary(context, AtField(enc.status(), absl::StrCat("texts[", i, "]")));
+    if (!enc.ok()) return AtField(enc.status(), absl::StrCat("texts[", i, "]"));
     total_tokens += static_cast<int64_t>(enc->ids.size());
     if (total_tokens > options_->max_tokens_per_request) {
-      return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
+      return absl::InvalidArgumentError(absl::StrCat(
                                       "texts: the request has more than ",
                                       options_->max_tokens_per_request,
-                                      " tokens (--max_tokens_per_request)")));
+                                      " tokens (--max_tokens_per_request)"));
     }
     pb::TokenizeResult* r = response->add_results();
     r->mutable_ids()->Assign(enc->ids.begin(), enc->ids.end());
@@ -114,43 +131,48 @@ grpc::ServerUnaryReactor* EmbeddingService::Tokenize(grpc::CallbackServerContext
     r->mutable_token_type_ids()->Assign(enc->type_ids.begin(), enc->type_ids.end());
     r->set_truncated(enc->truncated);
   }
-  return FinishUnary(context, absl::OkStatus());
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* EmbeddingService::Detokenize(grpc::CallbackServerContext* context,
                                                        const pb::DetokenizeRequest* request,
                                                        pb::DetokenizeResponse* response) {
+  return RunOnPool(context, [this, request, response] { return DoDetokenize(request, response); });
+}
+
+absl::Status EmbeddingService::DoDetokenize(const pb::DetokenizeRequest* request,
+                                            pb::DetokenizeResponse* response) {
   auto model = ResolveModel(*registry_, request->model());
-  if (!model.ok()) return FinishUnary(context, model.status());
+  if (!model.ok()) return model.status();
   const engine::Tokenizer* tok = (*model)->tokenizer();
   if (tok == nullptr) {
-    return FinishUnary(context, absl::FailedPreconditionError(absl::StrCat(
-                                    "model '", request->model(), "' has no tokenizer files")));
+    return absl::FailedPreconditionError(absl::StrCat(
+                                    "model '", request->model(), "' has no tokenizer files"));
   }
   const int n = request->token_ids_size();
-  if (n == 0) return FinishUnary(context, absl::InvalidArgumentError("token_ids must not be empty"));
+  if (n == 0) return absl::InvalidArgumentError("token_ids must not be empty");
   if (n > options_->max_inputs_per_request) {
-    return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
+    return absl::InvalidArgumentError(absl::StrCat(
                                     "token_ids has ", n, " inputs; the limit is ",
-                                    options_->max_inputs_per_request)));
+                                    options_->max_inputs_per_request));
   }
   for (int i = 0; i < n; ++i) {
     const auto& ids = request->token_ids(i).ids();
     for (int j = 0; j < ids.size(); ++j) {
       if (ids[j] < 0 || ids[j] >= tok->vocab_size()) {
-        return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
+        return absl::InvalidArgumentError(absl::StrCat(
                                         "token_ids[", i, "].ids[", j, "] = ", ids[j],
-                                        " is outside the vocabulary [0, ", tok->vocab_size(), ")")));
+                                        " is outside the vocabulary [0, ", tok->vocab_size(), ")"));
       }
     }
     absl::StatusOr<std::string> text =
         tok->Decode(absl::MakeConstSpan(ids.data(), ids.size()), request->skip_special_tokens());
     if (!text.ok()) {
-      return FinishUnary(context, AtField(text.status(), absl::StrCat("token_ids[", i, "]")));
+      return AtField(text.status(), absl::StrCat("token_ids[", i, "]"));
     }
     response->add_texts(std::move(*text));
   }
-  return FinishUnary(context, absl::OkStatus());
+  return absl::OkStatus();
 }
 
 grpc::ServerReadReactor<pb::FitWhiteningRequest>* EmbeddingService::FitWhitening(

@@ -6,13 +6,17 @@
 #include "maskserve/v1/embedding.grpc.pb.h"
 #include "server/config.h"
 #include "server/model_registry.h"
+#include "server/scheduler/worker_pool.h"
+
+#include <functional>
 
 namespace maskserve::server {
 
 class EmbeddingService final : public maskserve::v1::Embedding::CallbackService {
  public:
-  EmbeddingService(const ModelRegistry* registry, const ServerOptions* options)
-      : registry_(registry), options_(options) {}
+  // `pool` runs the CPU work of handlers; all three must outlive the service.
+  EmbeddingService(const ModelRegistry* registry, const ServerOptions* options, WorkerPool* pool)
+      : registry_(registry), options_(options), pool_(pool) {}
 
   grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
                                   const maskserve::v1::EmbedRequest* request,
@@ -39,8 +43,18 @@ class EmbeddingService final : public maskserve::v1::Embedding::CallbackService 
       maskserve::v1::WhiteningProfile* response) override;
 
  private:
+  // Runs `work` on the pool and finishes the call with its status.
+  grpc::ServerUnaryReactor* RunOnPool(grpc::CallbackServerContext* context,
+                                      std::function<absl::Status()> work);
+  absl::Status DoTokenize(grpc::CallbackServerContext* context,
+                          const maskserve::v1::TokenizeRequest* request,
+                          maskserve::v1::TokenizeResponse* response);
+  absl::Status DoDetokenize(const maskserve::v1::DetokenizeRequest* request,
+                            maskserve::v1::DetokenizeResponse* response);
+
   const ModelRegistry* registry_;
   const ServerOptions* options_;
+  WorkerPool* pool_;
 };
 
 }  // namespace maskserve::server

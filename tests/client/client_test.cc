@@ -202,12 +202,47 @@ TEST(ClientTest, FitWhiteningSourceErrorAbortsCall) {
   EXPECT_EQ(profile.status().code(), absl::StatusCode::kDataLoss);
 }
 
+TEST(ClientTest, GenerateStreamDeliversEveryMessage) {
+  FakeServer server;
+  ASSERT_TRUE(server.ok());
+  auto client = MakeClient(server);
+  v1::GenerateRequest request;
+  request.set_model("gpt");
+  request.set_max_new_tokens(5);
+  std::string text;
+  int final_tokens = 0;
+  const absl::Status status = client->GenerateStream(
+      request, [&](const v1::GenerateStreamResponse& m) {
+        text += m.text();
+        if (m.has_usage()) final_tokens = m.usage().completion_tokens();
+        return true;
+      });
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(text, "w0 w1 w2 w3 w4 ");
+  EXPECT_EQ(final_tokens, 5);
+}
+
+TEST(ClientTest, GenerateStreamCallbackCanCancel) {
+  FakeServer server;
+  ASSERT_TRUE(server.ok());
+  auto client = MakeClient(server);
+  v1::GenerateRequest request;
+  request.set_model("gpt");
+  request.set_max_new_tokens(1000);
+  int seen = 0;
+  const absl::Status status = client->GenerateStream(
+      request, [&](const v1::GenerateStreamResponse&) { return ++seen < 2; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(seen, 2);
+  EXPECT_EQ(server.generation.stream_calls, 1);  // never retried
+}
+
 TEST(ClientTest, MetadataReachesServer) {
   FakeServer server;
   ASSERT_TRUE(server.ok());
   ClientOptions options;
   options.bearer_token = "s3cret";
-  options.metadata = {{"x-request-id", "req-42"}};
+  options.metadata = {{"X-Request-Id", "req-42"}};  // sent lower-cased
   auto client = MakeClient(server, options);
   CallOptions call;
   call.metadata = {{"x-tenant", "t1"}};

@@ -1,5 +1,5 @@
-// An in-process stand-in for maskserve (Models + Embedding + the standard
-// health service) on 127.0.0.1:<ephemeral>, with knobs to inject failures,
+// An in-process stand-in for maskserve (Models, Embedding, Generation and the
+// standard health service) on 127.0.0.1:<ephemeral>, with knobs to inject failures,
 // delays and to observe what the client sent. Shared by the client tests.
 #pragma once
 
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "maskserve/v1/embedding.grpc.pb.h"
+#include "maskserve/v1/generation.grpc.pb.h"
 #include "maskserve/v1/models.grpc.pb.h"
 
 namespace maskserve::client::testing {
@@ -166,6 +167,53 @@ class FakeEmbedding final : public v1::Embedding::Service {
   std::vector<std::string> fit_texts_;
 };
 
+// Generates max_new_tokens tokens "w0 w1 ..." (ids 0, 1, ...); the stream
+// sends one token per message and usage on the last one.
+class FakeGeneration final : public v1::Generation::Service {
+ public:
+  // "w<i> ".
+  static std::string Word(int i) {
+    std::string w = std::to_string(i);
+    w.insert(w.begin(), 'w');
+    w.push_back(' ');
+    return w;
+  }
+
+  std::atomic<int> stream_calls{0};
+
+  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest* request,
+                        v1::GenerateResponse* response) override {
+    auto* seq = response->add_sequences();
+    for (int i = 0; i < request->max_new_tokens(); ++i) {
+      seq->add_ids(i);
+      seq->mutable_text()->append(Word(i));
+    }
+    seq->set_finish_reason(v1::FINISH_REASON_LENGTH);
+    response->mutable_usage()->set_prompt_tokens(3);
+    response->mutable_usage()->set_completion_tokens(request->max_new_tokens());
+    response->set_model(request->model());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GenerateStream(grpc::ServerContext*, const v1::GenerateRequest* request,
+                              grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override {
+    ++stream_calls;
+    const int n = request->max_new_tokens();
+    for (int i = 0; i < n; ++i) {
+      v1::GenerateStreamResponse m;
+      m.add_ids(i);
+      m.set_text(Word(i));
+      if (i + 1 == n) {
+        m.set_finish_reason(v1::FINISH_REASON_LENGTH);
+        m.mutable_usage()->set_prompt_tokens(3);
+        m.mutable_usage()->set_completion_tokens(n);
+      }
+      if (!writer->Write(m)) break;
+    }
+    return grpc::Status::OK;
+  }
+};
+
 class FakeServer {
  public:
   FakeServer() {
@@ -174,6 +222,7 @@ class FakeServer {
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(&models);
     builder.RegisterService(&embedding);
+    builder.RegisterService(&generation);
     server_ = builder.BuildAndStart();
   }
   ~FakeServer() {
@@ -188,6 +237,7 @@ class FakeServer {
 
   FakeModels models;
   FakeEmbedding embedding;
+  FakeGeneration generation;
 
  private:
   int port_ = 0;

@@ -18,11 +18,11 @@ namespace {
 using ::testing::HasSubstr;
 
 // Golden kind names ("CAUSAL+STRIDED_2_4") to specs.
-MaskSpec SpecFromGoldenName(const std::string& name,
-                            std::vector<int32_t> segment_ids) {
+MaskSpec SpecFromGoldenName(const std::string& name, std::vector<int32_t> segment_ids) {
   MaskSpec spec;
   spec.kind = MaskKind::kBidirectional;
-  for (const std::string& part : absl::StrSplit(name, '+')) {
+  const std::vector<std::string> parts = absl::StrSplit(name, '+');
+  for (const std::string& part : parts) {
     const std::vector<std::string> f = absl::StrSplit(part, '_');
     if (f[0] == "CAUSAL") {
       spec.causal = true;
@@ -54,8 +54,7 @@ TEST(AttentionMaskTest, MatchesGoldenMasks) {
   // identical"), on real rows and real keys; golden keys past the length
   // (padding) must be 0.
   MASKSERVE_REQUIRE_SHARED(path, "golden/bert-mini/masks.json");
-  const nlohmann::json golden =
-      nlohmann::json::parse(::maskserve::testing::ReadFileOrDie(path));
+  const nlohmann::json golden = nlohmann::json::parse(::maskserve::testing::ReadFileOrDie(path));
   const std::vector<std::string> kinds = golden.at("mask_kinds");
   ASSERT_EQ(kinds.size(), 9u);
   int64_t compared = 0;
@@ -144,8 +143,7 @@ TEST(AttentionMaskTest, PrintsAndMatchesHandWrittenPatterns) {
     const MaskSpec spec = SpecFromGoldenName(c.golden_name, segments);
     absl::StatusOr<AttentionMask> mask = AttentionMask::Create(spec, 12);
     ASSERT_TRUE(mask.ok()) << mask.status();
-    std::cout << "mask " << c.golden_name << " = " << spec.ToString()
-              << " (L=12):\n"
+    std::cout << "mask " << c.golden_name << " = " << spec.ToString() << " (L=12):\n"
               << mask->DebugString();
     EXPECT_EQ(mask->DebugString(), c.expected) << c.golden_name;
   }
@@ -228,21 +226,20 @@ TEST(AttentionMaskTest, ClassifyAndKeyRangeAgreeWithBruteForce) {
     const int q_len = 1 + static_cast<int>(rng() % (len - q_offset));
     auto mask = AttentionMask::Create(spec, len, q_offset, q_len);
     ASSERT_TRUE(mask.ok()) << mask.status();
-    SCOPED_TRACE(spec.ToString() + " len " + std::to_string(len) +
-                 " q_offset " + std::to_string(q_offset));
+    SCOPED_TRACE(spec.ToString() + " len " + std::to_string(len) + " q_offset " +
+                 std::to_string(q_offset));
     // Reference predicate straight from the definitions, on absolute i.
     std::vector<int> c(len, 0);
     for (int t = 0, acc = 0; t < len; ++t) {
-      const int s = spec.segment_ids.empty() ? (t >= spec.prefix_length ? 1 : 0)
-                                             : spec.segment_ids[t];
+      const int s =
+          spec.segment_ids.empty() ? (t >= spec.prefix_length ? 1 : 0) : spec.segment_ids[t];
       acc += s;
       c[t] = acc;
     }
     auto ref = [&](int r, int j) {
       const int i = q_offset + r;
       const int d = i - j;
-      const bool causal_ok =
-          !(spec.causal || spec.kind == MaskKind::kCausal) || j <= i;
+      const bool causal_ok = !(spec.causal || spec.kind == MaskKind::kCausal) || j <= i;
       const int ad = d < 0 ? -d : d;
       bool p = true;
       switch (spec.kind) {
@@ -283,8 +280,7 @@ TEST(AttentionMaskTest, ClassifyAndKeyRangeAgreeWithBruteForce) {
                                     : allowed == total ? BlockState::kFull
                                                        : BlockState::kPartial;
             ASSERT_EQ(mask->Classify(q0, q1, k0, k1), want)
-                << "rows [" << q0 << "," << q1 << ") keys [" << k0 << ","
-                << k1 << ")";
+                << "rows [" << q0 << "," << q1 << ") keys [" << k0 << "," << k1 << ")";
             ++seen[static_cast<int>(want)];
             ++rectangles;
           }
@@ -305,8 +301,7 @@ TEST(AttentionMaskTest, ClassifyAndKeyRangeAgreeWithBruteForce) {
         if (first >= 0) {
           ASSERT_LE(range.begin, first);
           ASSERT_GT(range.end, last);
-          if (spec.kind != MaskKind::kDilated &&
-              spec.kind != MaskKind::kStrided) {
+          if (spec.kind != MaskKind::kDilated && spec.kind != MaskKind::kStrided) {
             ASSERT_EQ(range.begin, first);
             ASSERT_EQ(range.end, last + 1);
           }
@@ -389,8 +384,7 @@ TEST(AttentionMaskTest, ValidationErrorsNameTheField) {
   EXPECT_FALSE(MaterializeMask(s, -1).ok());
   s.window = -1;
   s.kind = MaskKind::kLocal;
-  EXPECT_THAT(AttentionMask::Create(s, 4).status().message(),
-              HasSubstr("mask.window"));
+  EXPECT_THAT(AttentionMask::Create(s, 4).status().message(), HasSubstr("mask.window"));
 }
 
 }  // namespace

@@ -88,11 +88,12 @@ class ServerProcess:
                 self.log_lines.append(line.rstrip("\n"))
                 self._log_cv.notify_all()
 
-    def wait_for_log(self, needle, timeout=30):
+    def wait_for_log(self, needle, timeout=30, after=0):
+        """Returns the first log line (index >= after) containing `needle`."""
         deadline = time.time() + timeout
         with self._log_cv:
             while True:
-                for line in self.log_lines:
+                for line in self.log_lines[after:]:
                     if needle in line:
                         return line
                 left = deadline - time.time()
@@ -102,8 +103,16 @@ class ServerProcess:
                 self._log_cv.wait(min(left, 0.2))
 
     def channel(self):
+        """A channel that reconnects quickly (the server may still be starting)
+        and accepts messages up to the server's default 64 MiB limit."""
         import grpc
-        return grpc.insecure_channel(self.target)
+        return grpc.insecure_channel(self.target, options=[
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ])
 
     def wait_serving(self, service="", timeout=120):
         """Polls grpc.health.v1 until `service` is SERVING."""
@@ -150,6 +159,8 @@ class ServerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
         if self._own_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
         return False

@@ -1,0 +1,44 @@
+// Per-run measurements of the load generator: latency samples, error counts
+// by status code and throughput counters, merged from all worker threads
+// (each worker fills its own LatencyStats, so recording takes no lock).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace maskserve::client::bench {
+
+struct LatencyStats {
+  // Latency of every successful measured request, milliseconds.
+  std::vector<double> latency_ms;
+  // Time to first streamed message (stream workload only), milliseconds.
+  std::vector<double> ttft_ms;
+  // Failed measured requests by status code.
+  std::map<absl::StatusCode, int64_t> errors;
+  // Successful measured requests.
+  int64_t ok = 0;
+  // Texts embedded / prompts generated over successful requests.
+  int64_t inputs = 0;
+  // Generated tokens over successful requests.
+  int64_t tokens = 0;
+  // Open loop: the largest delay between a request's scheduled time and
+  // its actual send time (large values mean the client was the bottleneck).
+  double max_send_lag_ms = 0;
+
+  void Merge(const LatencyStats& other);
+  int64_t total_errors() const;
+};
+
+// Order statistics of a sample, milliseconds.
+struct Percentiles {
+  double p50 = 0, p90 = 0, p99 = 0, max = 0, mean = 0;
+};
+
+// Nearest-rank percentiles; all zero for an empty sample. Sorts `samples`.
+Percentiles ComputePercentiles(std::vector<double>& samples);
+
+}  // namespace maskserve::client::bench
