@@ -1,11 +1,7 @@
 #include "server/config.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -286,46 +282,6 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (o.max_queue_size < 1) return bad("max_queue_size", "must be >= 1");
   if (o.kv_cache_bytes < (1 << 20)) return bad("kv_cache_bytes", "must be >= 1 MiB");
   if (!(o.shutdown_grace_s >= 0)) return bad("shutdown_grace_s", "must be >= 0");
-  return absl::OkStatus();
-}
-
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
-  std::filesystem::path target(path);
-  std::filesystem::path dir = target.parent_path();
-  if (dir.empty()) dir = ".";
-  std::string tmp = absl::StrCat(dir.string(), "/.", target.filename().string(), ".tmp-XXXXXX");
-  int fd = mkstemp(tmp.data());
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot create temporary file in ", dir.string(), ": ",
-                                            std::strerror(errno)));
-  }
-  size_t done = 0;
-  while (done < contents.size()) {
-    ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return absl::InternalError(absl::StrCat("write ", tmp, ": ", std::strerror(e)));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat("fsync ", tmp, ": ", std::strerror(e)));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat("rename ", tmp, " -> ", path, ": ", std::strerror(e)));
-  }
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
   return absl::OkStatus();
 }
 

@@ -75,9 +75,4 @@ absl::Status ValidateServerOptions(const ServerOptions& options);
 // Parses "name=path" (or a bare path, named after its directory).
 absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text);
 
-// Writes `contents` to `path` atomically: temp file in the same directory,
-// fsync, rename, fsync of the directory. Readers see the old or the new file,
-// never a torn one.
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents);
-
 }  // namespace maskserve::server

@@ -68,6 +68,8 @@ void ModelRegistry::LoadAll() {
       snap = e;
     }
     for (const Listener& l : listeners_) l(snap);
+    absl::MutexLock lock(&mu_);
+    ++notified_;
   }
 }
 
@@ -124,11 +126,9 @@ bool ModelRegistry::AllSettled() const {
 
 void ModelRegistry::WaitUntilSettled() const {
   absl::MutexLock lock(&mu_);
+  // Settled and every listener has heard about it.
   auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    for (const ModelSnapshot& e : entries_) {
-      if (e.state == ModelState::kLoading) return false;
-    }
-    return true;
+    return notified_ == entries_.size();
   };
   mu_.Await(absl::Condition(&settled));
 }

@@ -70,7 +70,7 @@ class ModelRegistry {
   // True once no model is LOADING.
   bool AllSettled() const;
 
-  // Blocks until AllSettled() (tests, start-up logging).
+  // Blocks until AllSettled() and every listener has been told (tests).
   void WaitUntilSettled() const;
 
  private:
@@ -80,6 +80,8 @@ class ModelRegistry {
   mutable absl::Mutex mu_;
   std::vector<ModelSnapshot> entries_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  // Models whose final state the listeners have been told.
+  size_t notified_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Listener> listeners_;
   std::thread thread_;
 };
