@@ -4,6 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/encoder.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -52,6 +53,13 @@ LoadedModel::LoadedModel(ModelDescription description, std::unique_ptr<ModelConf
       config_(std::move(config)),
       tokenizer_(std::move(tokenizer)) {}
 
+LoadedModel::LoadedModel(ModelDescription description, std::unique_ptr<ModelConfig> config,
+                         std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<Encoder> encoder)
+    : description_(std::move(description)),
+      config_(std::move(config)),
+      tokenizer_(std::move(tokenizer)),
+      encoder_(std::move(encoder)) {}
+
 LoadedModel::~LoadedModel() = default;
 
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::Load(const LoadOptions& options) {
@@ -67,9 +75,17 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::Load(const LoadOptions
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(options.path);
   if (!tokenizer.ok()) return tokenizer.status();
   ModelDescription description = Describe(*config, **weights, options.dtype);
+  std::unique_ptr<Encoder> encoder;
+  if (IsEncoderFamily(config->family)) {
+    EncoderOptions eo;
+    eo.dtype = options.dtype == ComputeDtype::kBFloat16 ? MatmulDType::kBF16 : MatmulDType::kF32;
+    absl::StatusOr<std::unique_ptr<Encoder>> e = Encoder::Create(*config, **weights, eo);
+    if (!e.ok()) return e.status();
+    encoder = std::move(*e);
+  }
   return std::make_unique<LoadedModel>(std::move(description),
                                        std::make_unique<ModelConfig>(std::move(*config)),
-                                       std::move(*tokenizer));
+                                       std::move(*tokenizer), std::move(encoder));
 }
 
 }  // namespace maskserve::engine

@@ -12,6 +12,7 @@
 
 namespace maskserve::engine {
 
+class Encoder;
 class Tokenizer;
 struct ModelConfig;
 
@@ -31,6 +32,8 @@ class LoadedModel {
   // For tests and tools that assemble a model from parts.
   LoadedModel(ModelDescription description, std::unique_ptr<ModelConfig> config,
               std::unique_ptr<Tokenizer> tokenizer);
+  LoadedModel(ModelDescription description, std::unique_ptr<ModelConfig> config,
+              std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<Encoder> encoder);
   ~LoadedModel();
 
   const ModelDescription& description() const { return description_; }
@@ -38,11 +41,15 @@ class LoadedModel {
   const ModelConfig& config() const { return *config_; }
   // Null when the checkpoint has no tokenizer files (then only ids are accepted).
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  // The BERT-family forward pass (bert / roberta / roformer), packed in
+  // description().dtype; null for other families.
+  const Encoder* encoder() const { return encoder_.get(); }
 
  private:
   ModelDescription description_;
   std::unique_ptr<ModelConfig> config_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Encoder> encoder_;
 };
 
 }  // namespace maskserve::engine
