@@ -29,7 +29,7 @@ void RemoveTempDirs() {
 
 std::optional<std::string> SharedDir() {
   const char* env = std::getenv("MASKSERVE_SHARED");
-  std::string dir = env != nullptr ? env : "../shared";
+  std::string dir = env != nullptr ? env : MASKSERVE_DEFAULT_SHARED_DIR;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return std::nullopt;
   return std::filesystem::absolute(dir, ec).string();
@@ -42,6 +42,16 @@ std::optional<std::string> SharedPath(const std::string& relative) {
   std::error_code ec;
   if (!std::filesystem::exists(p, ec)) return std::nullopt;
   return p;
+}
+
+std::string SourceDir() {
+  const char* env = std::getenv("MASKSERVE_SOURCE_DIR");
+  return env != nullptr ? env : MASKSERVE_DEFAULT_SOURCE_DIR;
+}
+
+std::string BuildDir() {
+  const char* env = std::getenv("MASKSERVE_BUILD_DIR");
+  return env != nullptr ? env : MASKSERVE_DEFAULT_BUILD_DIR;
 }
 
 std::string MakeTempDir(const std::string& prefix) {

@@ -13,6 +13,11 @@ std::optional<std::string> SharedDir();
 // SharedDir() + "/" + relative when that path exists, else nullopt.
 std::optional<std::string> SharedPath(const std::string& relative);
 
+// The source tree and the build tree ($MASKSERVE_SOURCE_DIR /
+// $MASKSERVE_BUILD_DIR, else the directories this binary was configured with).
+std::string SourceDir();
+std::string BuildDir();
+
 // A fresh, empty directory under $TMPDIR that is removed when the process
 // exits normally.
 std::string MakeTempDir(const std::string& prefix);
