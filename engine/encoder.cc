@@ -24,20 +24,20 @@ constexpr size_t kParallelMin = size_t{1} << 15;
 
 int ThreadsFor(size_t work) { return work < kParallelMin ? 1 : SyncThreadCount(); }
 
-Activation FusedActivation(EncoderArch::Act a) {
+FusedActivation ToFusedActivation(EncoderArch::Act a) {
   switch (a) {
     case EncoderArch::Act::kGeluErf:
-      return Activation::kGeluErf;
+      return FusedActivation::kGeluErf;
     case EncoderArch::Act::kGeluTanh:
-      return Activation::kGeluTanh;
+      return FusedActivation::kGeluTanh;
     case EncoderArch::Act::kRelu:
-      return Activation::kRelu;
+      return FusedActivation::kRelu;
     case EncoderArch::Act::kSilu:
-      return Activation::kSilu;
+      return FusedActivation::kSilu;
     case EncoderArch::Act::kQuickGelu:
       break;  // no oneDNN eltwise for it: applied separately
   }
-  return Activation::kNone;
+  return FusedActivation::kNone;
 }
 
 // x * sigmoid(1.702 x), in place.
@@ -51,8 +51,8 @@ void QuickGelu(float* x, size_t n) {
 // applied after the matmul.
 absl::Status LinearAct(const float* x, int rows, const PackedLinear& w, float* y,
                        EncoderArch::Act act) {
-  absl::Status s =
-      MatmulCache::Global().Linear(x, rows, w, y, PostOp{.bias = true, .activation = FusedActivation(act)});
+  absl::Status s = MatmulCache::Global().Linear(
+      x, rows, w, y, PostOp{.bias = true, .activation = ToFusedActivation(act)});
   if (s.ok() && act == EncoderArch::Act::kQuickGelu) {
     QuickGelu(y, static_cast<size_t>(rows) * static_cast<size_t>(w.out_features()));
   }
@@ -112,8 +112,8 @@ absl::Status ReadInto(const SafetensorsModel& w, const std::string& name,
   return absl::OkStatus();
 }
 
-absl::StatusOr<PackedLinear> PackLinear(const SafetensorsModel& w, const std::string& name,
-                                        int in, int out, MatmulDType dtype) {
+absl::StatusOr<PackedLinear> PackLinear(const SafetensorsModel& w, const std::string& name, int in,
+                                        int out, MatmulDType dtype) {
   absl::StatusOr<std::vector<float>> weight = ReadTensor(w, name + ".weight", {out, in});
   if (!weight.ok()) return weight.status();
   absl::StatusOr<std::vector<float>> bias = ReadTensor(w, name + ".bias", {out});
@@ -144,8 +144,8 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Create(const EncoderArch& arch
   const EncoderArch& a = arch;
   if (a.hidden_size <= 0 || a.embedding_size <= 0 || a.num_layers <= 0 || a.num_heads <= 0 ||
       a.num_kv_heads <= 0 || a.head_dim <= 0 || a.intermediate_size <= 0 || a.vocab_size <= 0 ||
-      a.type_vocab_size < 0 || a.num_heads % a.num_kv_heads != 0 ||
-      a.max_sequence_length() <= 0 || a.position_offset < 0) {
+      a.type_vocab_size < 0 || a.num_heads % a.num_kv_heads != 0 || a.max_sequence_length() <= 0 ||
+      a.position_offset < 0) {
     return absl::InvalidArgumentError(absl::StrCat("invalid encoder architecture for ", w.dir()));
   }
   if (a.positions == EncoderArch::Positions::kRotary && a.head_dim % 2 != 0) {
@@ -166,9 +166,11 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Create(const EncoderArch& arch
   if (!found) {
     std::string tried;
     for (const std::string& p : a.prefixes) {
-      absl::StrAppend(&tried, tried.empty() ? "" : ", ", "'", p, "embeddings.word_embeddings.weight'");
+      absl::StrAppend(&tried, tried.empty() ? "" : ", ", "'", p,
+                      "embeddings.word_embeddings.weight'");
     }
-    return absl::NotFoundError(absl::StrCat("no word embeddings in ", w.dir(), " (tried ", tried, ")"));
+    return absl::NotFoundError(
+        absl::StrCat("no word embeddings in ", w.dir(), " (tried ", tried, ")"));
   }
 
   auto enc = std::unique_ptr<Encoder>(new Encoder());
@@ -219,7 +221,8 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Create(const EncoderArch& arch
   s = ReadInto(w, emb + "LayerNorm.bias", {E}, &e.embedding_norm_.beta);
   if (!s.ok()) return s;
   if (E != H) {
-    absl::StatusOr<PackedLinear> p = PackLinear(w, prefix + "embeddings_project", E, H, options.dtype);
+    absl::StatusOr<PackedLinear> p =
+        PackLinear(w, prefix + "embeddings_project", E, H, options.dtype);
     if (!p.ok()) return p.status();
     e.embeddings_project_ = std::move(*p);
   }
@@ -258,8 +261,9 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Create(const EncoderArch& arch
     p = PackLinear(w, lp + "output.dense", I, H, options.dtype);
     if (!p.ok()) return p.status();
     layer.ffn_out = std::move(*p);
-    for (const auto& [name, norm] : {std::pair<std::string, Norm*>{"attention.output.LayerNorm", &layer.attn_norm},
-                                     {"output.LayerNorm", &layer.ffn_norm}}) {
+    for (const auto& [name, norm] :
+         {std::pair<std::string, Norm*>{"attention.output.LayerNorm", &layer.attn_norm},
+          {"output.LayerNorm", &layer.ffn_norm}}) {
       s = ReadInto(w, lp + name + ".weight", {H}, &norm->gamma);
       if (!s.ok()) return s;
       s = ReadInto(w, lp + name + ".bias", {H}, &norm->beta);
@@ -305,9 +309,9 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Create(const EncoderArch& arch
         s = ReadInto(w, h.decoder, {a.vocab_size, E}, &own_decoder);
         if (!s.ok()) return s;
       }
-      absl::StatusOr<PackedLinear> dec = PackedLinear::Create(
-          own_decoder.empty() ? e.word_embeddings_ : own_decoder, E, a.vocab_size, *bias,
-          options.dtype);
+      absl::StatusOr<PackedLinear> dec =
+          PackedLinear::Create(own_decoder.empty() ? e.word_embeddings_ : own_decoder, E,
+                               a.vocab_size, *bias, options.dtype);
       if (!dec.ok()) return dec.status();
       e.mlm_.decoder = std::move(*dec);
       break;
@@ -369,16 +373,16 @@ absl::Status Encoder::RunLayer(const Layer& layer, int total, absl::Span<const i
   ao.num_heads = a.num_heads;
   ao.num_kv_heads = a.num_kv_heads;
   ao.head_dim = a.head_dim;
-  if (absl::Status s = FusedAttention(ao, qkv, qkv_width, qkv + q_width_, qkv_width,
-                                      qkv + q_width_ + kv_width_, qkv_width, cu_seqlens,
-                                      cu_seqlens, masks, ctx, q_width_);
+  if (absl::Status s =
+          FusedAttention(ao, qkv, qkv_width, qkv + q_width_, qkv_width, qkv + q_width_ + kv_width_,
+                         qkv_width, cu_seqlens, cu_seqlens, masks, ctx, q_width_);
       !s.ok()) {
     return s;
   }
   if (a.pre_layer_norm) {
     // x += attn(LN(x)) W_o + b_o, the residual add fused into the matmul.
-    if (absl::Status s = mm.Linear(ctx, total, layer.attn_out, x,
-                                   PostOp{.bias = true, .accumulate = true});
+    if (absl::Status s =
+            mm.Linear(ctx, total, layer.attn_out, x, PostOp{.bias = true, .accumulate = true});
         !s.ok()) {
       return s;
     }
@@ -420,12 +424,12 @@ absl::StatusOr<EncoderOutput> Encoder::Encode(const EncoderBatch& batch) const {
                      cu[0], " .. ", cu[num_seqs]));
   }
   if (!batch.type_ids.empty() && batch.type_ids.size() != batch.token_ids.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("type_ids has ", batch.type_ids.size(),
-                                                   " entries for ", total, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("type_ids has ", batch.type_ids.size(), " entries for ", total, " tokens"));
   }
   if (!batch.masks.empty() && batch.masks.size() != static_cast<size_t>(num_seqs)) {
-    return absl::InvalidArgumentError(absl::StrCat(batch.masks.size(), " masks for ", num_seqs,
-                                                   " sequences"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(batch.masks.size(), " masks for ", num_seqs, " sequences"));
   }
   const int type_rows = std::max(a.type_vocab_size, 1);
   for (int b = 0; b < num_seqs; ++b) {
@@ -441,10 +445,9 @@ absl::StatusOr<EncoderOutput> Encoder::Encode(const EncoderBatch& batch) const {
     for (int t = cu[b]; t < cu[b + 1]; ++t) {
       const int32_t id = batch.token_ids[t];
       if (id < 0 || id >= a.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", b, ": token id ", id,
-                                                       " at position ", t - cu[b],
-                                                       " is outside the vocabulary [0, ",
-                                                       a.vocab_size, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", b, ": token id ", id, " at position ", t - cu[b],
+                         " is outside the vocabulary [0, ", a.vocab_size, ")"));
       }
       if (!batch.type_ids.empty()) {
         const int32_t ty = batch.type_ids[t];
@@ -464,9 +467,9 @@ absl::StatusOr<EncoderOutput> Encoder::Encode(const EncoderBatch& batch) const {
     absl::StatusOr<AttentionMask> m;
     if (batch.masks.empty()) {
       m = AttentionMask::Create(MaskSpec{}, len);
-    } else if (const MaskSpec& spec = batch.masks[b];
-               spec.kind == MaskKind::kUnilm && spec.segment_ids.empty() &&
-               spec.prefix_length == 0) {
+    } else if (const MaskSpec& spec = batch.masks[b]; spec.kind == MaskKind::kUnilm &&
+                                                      spec.segment_ids.empty() &&
+                                                      spec.prefix_length == 0) {
       MaskSpec with_segments = spec;
       if (batch.type_ids.empty()) {
         with_segments.segment_ids.assign(len, 0);
@@ -479,8 +482,7 @@ absl::StatusOr<EncoderOutput> Encoder::Encode(const EncoderBatch& batch) const {
       m = AttentionMask::Create(spec, len);
     }
     if (!m.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", b, ": ", m.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", b, ": ", m.status().message()));
     }
     masks.push_back(std::move(*m));
   }
@@ -507,9 +509,8 @@ absl::StatusOr<EncoderOutput> Encoder::Encode(const EncoderBatch& batch) const {
   const int H = a.hidden_size, E = a.embedding_size;
   const size_t T = static_cast<size_t>(total);
   const int qkv_width = q_width_ + 2 * kv_width_;
-  const size_t scratch_floats =
-      T * (static_cast<size_t>(std::max(qkv_width, a.intermediate_size)) + q_width_ +
-           std::max(H, E));
+  const size_t scratch_floats = T * (static_cast<size_t>(std::max(qkv_width, a.intermediate_size)) +
+                                     q_width_ + std::max(H, E));
   float* scratch = t_scratch.Get(scratch_floats);
 
   EncoderOutput out;
@@ -578,8 +579,8 @@ absl::StatusOr<std::vector<float>> Encoder::MlmLogits(const float* hidden, int r
   kernels::LayerNorm(t.data(), nullptr, mlm_.norm.gamma.data(), mlm_.norm.beta.data(),
                      arch_.layer_norm_eps, rows, E, t.data());
   std::vector<float> logits(static_cast<size_t>(rows) * arch_.vocab_size);
-  if (absl::Status s =
-          MatmulCache::Global().Linear(t.data(), rows, mlm_.decoder, logits.data(), PostOp{.bias = true});
+  if (absl::Status s = MatmulCache::Global().Linear(t.data(), rows, mlm_.decoder, logits.data(),
+                                                    PostOp{.bias = true});
       !s.ok()) {
     return s;
   }

@@ -114,23 +114,23 @@ class Encoder {
   };
   Encoder() = default;
   absl::Status RunLayer(const Layer& layer, int total, absl::Span<const int32_t> cu_seqlens,
-                        absl::Span<const AttentionMask> masks,
-                        absl::Span<const int32_t> positions, float* x, float* scratch) const;
+                        absl::Span<const AttentionMask> masks, absl::Span<const int32_t> positions,
+                        float* x, float* scratch) const;
   // Rotates one head_dim-wide head in place for sequence position `position`.
   void ApplyRotary(float* head, int position) const;
 
   EncoderArch arch_;
   MatmulDType dtype_ = MatmulDType::kF32;
-  int q_width_ = 0;   // num_heads * head_dim
-  int kv_width_ = 0;  // num_kv_heads * head_dim
+  int q_width_ = 0;                         // num_heads * head_dim
+  int kv_width_ = 0;                        // num_kv_heads * head_dim
   std::vector<float> word_embeddings_;      // [vocab, embedding_size]
   std::vector<float> position_embeddings_;  // learned / sinusoidal [max_pos, embedding_size]
   std::vector<float> type_embeddings_;      // [type_vocab, embedding_size]
   Norm embedding_norm_;
-  PackedLinear embeddings_project_;         // embedding_size -> hidden (RoFormer), or invalid
-  std::vector<float> rotary_table_;         // [max_pos, head_dim]: sin | cos halves
+  PackedLinear embeddings_project_;  // embedding_size -> hidden (RoFormer), or invalid
+  std::vector<float> rotary_table_;  // [max_pos, head_dim]: sin | cos halves
   std::vector<Layer> layers_;
-  Norm final_norm_;                         // pre-LN final LayerNorm, or empty
+  Norm final_norm_;  // pre-LN final LayerNorm, or empty
   MlmHead mlm_;
   EncoderArch::Act mlm_act_ = EncoderArch::Act::kGeluErf;  // transform activation
 };

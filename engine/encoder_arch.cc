@@ -32,25 +32,25 @@ absl::StatusOr<EncoderArch> EncoderArchFromConfig(const ModelConfig& c) {
       a.prefixes = {"roformer.", "", "bert."};
       break;
     default:
-      return absl::UnimplementedError(absl::StrCat("model_type \"", c.model_type,
-                                                   "\" is not a BERT-family encoder"));
+      return absl::UnimplementedError(
+          absl::StrCat("model_type \"", c.model_type, "\" is not a BERT-family encoder"));
   }
   struct Dim {
     int* dst;
     int64_t v;
     const char* name;
   };
-  for (const Dim& d : {Dim{&a.hidden_size, c.hidden_size, "hidden_size"},
-                       Dim{&a.embedding_size, c.embedding_size, "embedding_size"},
-                       Dim{&a.num_layers, c.num_hidden_layers, "num_hidden_layers"},
-                       Dim{&a.num_heads, c.num_attention_heads, "num_attention_heads"},
-                       Dim{&a.num_kv_heads, c.num_key_value_heads, "num_key_value_heads"},
-                       Dim{&a.head_dim, c.head_dim, "head_dim"},
-                       Dim{&a.intermediate_size, c.intermediate_size, "intermediate_size"},
-                       Dim{&a.vocab_size, c.vocab_size, "vocab_size"},
-                       Dim{&a.type_vocab_size, c.type_vocab_size, "type_vocab_size"},
-                       Dim{&a.max_position_embeddings, c.max_position_embeddings,
-                           "max_position_embeddings"}}) {
+  for (const Dim& d :
+       {Dim{&a.hidden_size, c.hidden_size, "hidden_size"},
+        Dim{&a.embedding_size, c.embedding_size, "embedding_size"},
+        Dim{&a.num_layers, c.num_hidden_layers, "num_hidden_layers"},
+        Dim{&a.num_heads, c.num_attention_heads, "num_attention_heads"},
+        Dim{&a.num_kv_heads, c.num_key_value_heads, "num_key_value_heads"},
+        Dim{&a.head_dim, c.head_dim, "head_dim"},
+        Dim{&a.intermediate_size, c.intermediate_size, "intermediate_size"},
+        Dim{&a.vocab_size, c.vocab_size, "vocab_size"},
+        Dim{&a.type_vocab_size, c.type_vocab_size, "type_vocab_size"},
+        Dim{&a.max_position_embeddings, c.max_position_embeddings, "max_position_embeddings"}}) {
     absl::StatusOr<int> v = ToInt(d.v, d.name);
     if (!v.ok()) return v.status();
     *d.dst = *v;
@@ -94,9 +94,9 @@ absl::StatusOr<EncoderArch> EncoderArchFromConfig(const ModelConfig& c) {
       a.positions = EncoderArch::Positions::kRotary;
       break;
     default:
-      return absl::UnimplementedError(
-          absl::StrCat("position_embedding_type \"", c.position_embedding_type,
-                       "\" is not supported by the encoder"));
+      return absl::UnimplementedError(absl::StrCat("position_embedding_type \"",
+                                                   c.position_embedding_type,
+                                                   "\" is not supported by the encoder"));
   }
   if (c.family == ModelFamily::kRoberta) {
     a.roberta_positions = true;

@@ -31,15 +31,15 @@ struct EncoderArch {
   // "embeddings.word_embeddings.weight" exists is used ("" = bare model).
   std::vector<std::string> prefixes = {"bert.", "roberta.", "roformer.", ""};
 
-  int hidden_size = 0;           // width of the transformer stream
-  int embedding_size = 0;        // embedding width; != hidden_size adds embeddings_project
+  int hidden_size = 0;     // width of the transformer stream
+  int embedding_size = 0;  // embedding width; != hidden_size adds embeddings_project
   int num_layers = 0;
   int num_heads = 0;
-  int num_kv_heads = 0;          // = num_heads for every HF BERT-family model
-  int head_dim = 0;              // Q/K/V width is num_heads * head_dim (may differ from hidden)
-  int intermediate_size = 0;     // FFN inner width
-  int vocab_size = 0;            // rows of the word embedding table
-  int type_vocab_size = 0;       // rows of token_type_embeddings; 0 = no segment table
+  int num_kv_heads = 0;             // = num_heads for every HF BERT-family model
+  int head_dim = 0;                 // Q/K/V width is num_heads * head_dim (may differ from hidden)
+  int intermediate_size = 0;        // FFN inner width
+  int vocab_size = 0;               // rows of the word embedding table
+  int type_vocab_size = 0;          // rows of token_type_embeddings; 0 = no segment table
   int max_position_embeddings = 0;  // rows of the position table (learned, rotary, sinusoidal)
   float layer_norm_eps = 1e-12f;
   Act activation = Act::kGeluErf;
@@ -58,8 +58,8 @@ struct EncoderArch {
   // padding_idx for pad tokens; position_offset is then padding_idx + 1.
   bool roberta_positions = false;
   int padding_idx = 0;
-  bool rotary_value = false;     // RoFormer: rotate V as well
-  double rope_theta = 10000.0;   // rotary / sinusoidal base
+  bool rotary_value = false;    // RoFormer: rotate V as well
+  double rope_theta = 10000.0;  // rotary / sinusoidal base
 
   // Longest sequence the position scheme allows (max_position_embeddings
   // minus the offset of the first position).

@@ -18,8 +18,7 @@ absl::Status Pool(PoolingMode mode, const float* last_hidden, const float* first
     return absl::InvalidArgumentError("Pool: null buffer or non-positive hidden size");
   }
   if (mode == PoolingMode::kFirstLastAvg && first_layer_hidden == nullptr) {
-    return absl::InvalidArgumentError(
-        "Pool: first_last_avg needs the first layer's hidden states");
+    return absl::InvalidArgumentError("Pool: first_last_avg needs the first layer's hidden states");
   }
   const size_t h = static_cast<size_t>(hidden);
   std::vector<double> acc(h);

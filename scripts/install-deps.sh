@@ -6,6 +6,11 @@
 #
 #   scripts/install-deps.sh            build + test dependencies (default)
 #   scripts/install-deps.sh --runtime  only the shared libraries the server links
+#   scripts/install-deps.sh --bench    build + test dependencies plus what the
+#                                      speed peers of bench/encoder_bench need
+#                                      (../shared/peers: PyTorch, ONNX export,
+#                                      OpenBLAS-OpenMP, Node.js for onnxruntime-node);
+#                                      never part of the default set
 set -euo pipefail
 
 BUILD_PKGS=(
@@ -36,8 +41,20 @@ RUNTIME_PKGS=(
   libsentencepiece0 libgomp1 libcpp-httplib0.11 ca-certificates
 )
 
+# The peer kit's Python and Node side (see bench/README.md). libopenblas0-openmp
+# is not optional: without it torch's fp32 GEMMs fall back to single-threaded
+# reference BLAS. nodejs/npm are only installed when no node is on PATH (the
+# VMs carry NodeSource's node, which Debian's nodejs package would conflict with).
+BENCH_PKGS=(python3-torch python3-numpy python3-onnx libopenblas0-openmp)
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then BENCH_PKGS+=(nodejs npm); fi
+
 pkgs=("${BUILD_PKGS[@]}")
-if [[ "${1:-}" == "--runtime" ]]; then pkgs=("${RUNTIME_PKGS[@]}"); fi
+case "${1:-}" in
+  "") ;;
+  --runtime) pkgs=("${RUNTIME_PKGS[@]}") ;;
+  --bench) pkgs=("${BUILD_PKGS[@]}" "${BENCH_PKGS[@]}") ;;
+  *) echo "install-deps: unknown option $1 (none, --runtime or --bench)" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${pkgs[@]}"; do

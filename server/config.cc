@@ -1,6 +1,5 @@
 #include "server/config.h"
 
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -14,11 +13,11 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, config, "",
@@ -56,11 +55,26 @@ ABSL_FLAG(bool, reflection, true, "Serve gRPC server reflection.");
 namespace maskserve::server {
 namespace {
 
-const char* const kFlagNames[] = {
-    "bind", "port", "metrics_port", "model", "data_dir", "workers", "intra_op_threads", "dtype",
-    "max_message_bytes", "max_inputs_per_request", "max_tokens_per_request", "max_new_tokens",
-    "max_batch_size", "max_batch_tokens", "max_queue_delay_us", "max_queue_size",
-    "kv_cache_bytes", "shutdown_grace_s", "log_level", "reflection"};
+const char* const kFlagNames[] = {"bind",
+                                  "port",
+                                  "metrics_port",
+                                  "model",
+                                  "data_dir",
+                                  "workers",
+                                  "intra_op_threads",
+                                  "dtype",
+                                  "max_message_bytes",
+                                  "max_inputs_per_request",
+                                  "max_tokens_per_request",
+                                  "max_new_tokens",
+                                  "max_batch_size",
+                                  "max_batch_tokens",
+                                  "max_queue_delay_us",
+                                  "max_queue_size",
+                                  "kv_cache_bytes",
+                                  "shutdown_grace_s",
+                                  "log_level",
+                                  "reflection"};
 
 bool IsKnownFlag(const std::string& name) {
   for (const char* n : kFlagNames) {
@@ -125,7 +139,8 @@ std::string JsonToFlagValue(const nlohmann::json& v) {
   return v.dump();
 }
 
-absl::Status ApplyConfigFile(const std::string& path, const std::set<std::string>& on_command_line) {
+absl::Status ApplyConfigFile(const std::string& path,
+                             const std::set<std::string>& on_command_line) {
   std::ifstream in(path);
   if (!in) return absl::InvalidArgumentError(absl::StrCat("--config: cannot read '", path, "'"));
   std::stringstream ss;
@@ -188,8 +203,7 @@ absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text) {
   }
   if (!std::regex_match(spec.name, kName)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--model '", text, "': model name must match [A-Za-z0-9_.-]{1,64}, got '", spec.name,
-        "'"));
+        "--model '", text, "': model name must match [A-Za-z0-9_.-]{1,64}, got '", spec.name, "'"));
   }
   return spec;
 }
@@ -201,11 +215,12 @@ absl::StatusOr<ServerOptions> ParseServerOptions(int argc, char** argv) {
   std::vector<std::string> merged = MergeRepeatedModelFlags(argc, argv);
   std::vector<char*> args;
   for (auto& s : merged) args.push_back(s.data());
-  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (positional.size() > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unexpected positional argument '", positional[1],
-                     "' (models are given with --model name=path)"));
+    return absl::InvalidArgumentError(absl::StrCat("unexpected positional argument '",
+                                                   positional[1],
+                                                   "' (models are given with --model name=path)"));
   }
   const std::set<std::string> given = FlagsOnCommandLine(merged);
   if (absl::Status s = ApplyEnvironment(given); !s.ok()) return s;

@@ -41,7 +41,8 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<maskserve::server::Server>> server =
       maskserve::server::Server::Create(*options);
   if (!server.ok()) {
-    LogEvent(LogLevel::kError, "startup_failed", {{"error", std::string(server.status().message())}});
+    LogEvent(LogLevel::kError, "startup_failed",
+             {{"error", std::string(server.status().message())}});
     return 1;
   }
 

@@ -35,7 +35,9 @@ ModelRegistry::~ModelRegistry() {
 
 void ModelRegistry::AddListener(Listener listener) { listeners_.push_back(std::move(listener)); }
 
-void ModelRegistry::Start() { thread_ = std::thread([this] { LoadAll(); }); }
+void ModelRegistry::Start() {
+  thread_ = std::thread([this] { LoadAll(); });
+}
 
 void ModelRegistry::LoadAll() {
   size_t n;
@@ -85,8 +87,8 @@ absl::StatusOr<ModelSnapshot> ModelRegistry::Get(const std::string& name) const 
     if (e.spec.name == name) return e;
     names.push_back(e.spec.name);
   }
-  return absl::NotFoundError(absl::StrCat("model '", name, "' not found; this server has: ",
-                                          absl::StrJoin(names, ", ")));
+  return absl::NotFoundError(
+      absl::StrCat("model '", name, "' not found; this server has: ", absl::StrJoin(names, ", ")));
 }
 
 void ModelRegistry::SetDraining() {
@@ -127,9 +129,8 @@ bool ModelRegistry::AllSettled() const {
 void ModelRegistry::WaitUntilSettled() const {
   absl::MutexLock lock(&mu_);
   // Settled and every listener has heard about it.
-  auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return notified_ == entries_.size();
-  };
+  auto settled = [this]()
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return notified_ == entries_.size(); };
   mu_.Await(absl::Condition(&settled));
 }
 

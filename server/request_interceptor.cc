@@ -47,7 +47,8 @@ class RequestInterceptor : public grpc::experimental::Interceptor {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
       auto* md = methods->GetRecvInitialMetadata();
       auto it = md->find(kRequestIdKey);
-      if (it != md->end() && ValidRequestId(absl::string_view(it->second.data(), it->second.size()))) {
+      if (it != md->end() &&
+          ValidRequestId(absl::string_view(it->second.data(), it->second.size()))) {
         request_id_.assign(it->second.data(), it->second.size());
       } else {
         if (it != md->end()) md->erase(it);

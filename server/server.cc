@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/demo_model.h"
+#include "engine/onednn/engine_context.h"
 #include "server/logging.h"
 #include "server/metrics/process_metrics.h"
 #include "server/services/embedding_service.h"
@@ -92,13 +93,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   s->observer_ = std::make_unique<MetricsObserver>(s->server_metrics_.get());
 
   Server* self = s.get();
-  s->registry_ = std::make_unique<ModelRegistry>(
-      s->options_.models,
-      [self](const ModelSpec& spec) { return LoadModelForServing(spec, self->options_); });
+  s->registry_ = std::make_unique<ModelRegistry>(s->options_.models, [self](const ModelSpec& spec) {
+    return LoadModelForServing(spec, self->options_);
+  });
   for (const ModelSpec& m : s->options_.models) {
     s->server_metrics_->model_ready->WithLabels({m.name})->Set(0);
   }
   s->registry_->AddListener([self](const ModelSnapshot& snap) { self->OnModelStateChange(snap); });
+
+  // Engine threads: workers x intra-op threads never exceed the CPU budget.
+  const int workers = s->options_.workers > 0 ? s->options_.workers : 1;
+  const int intra = s->options_.intra_op_threads > 0
+                        ? s->options_.intra_op_threads
+                        : std::max(1, s->options_.cpu.usable_cores / workers);
+  engine::SetNumThreads(intra);
 
   WorkerPoolOptions po;
   po.num_threads = s->options_.cpu.usable_cores;
@@ -107,9 +115,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   if (!pool.ok()) return pool.status();
   s->cpu_pool_ = std::move(*pool);
 
-  s->models_service_ = std::make_unique<ModelsService>(s->registry_.get());
-  s->embedding_service_ = std::make_unique<EmbeddingService>(s->registry_.get(), &s->options_,
-                                                             s->cpu_pool_.get());
+  absl::StatusOr<std::unique_ptr<WhiteningStore>> store = WhiteningStore::Open(s->options_.data_dir);
+  if (!store.ok()) return store.status();
+  s->whitening_ = std::move(*store);
+  for (const std::string& w : s->whitening_->open_warnings()) {
+    LogEvent(LogLevel::kWarning, "whitening_profile_skipped", {{"reason", w}});
+  }
+
+  s->models_service_ = std::make_unique<ModelsService>(s->registry_.get(), s->whitening_.get());
+  EmbeddingService::Deps deps;
+  deps.registry = s->registry_.get();
+  deps.options = &s->options_;
+  deps.pool = s->cpu_pool_.get();
+  deps.whitening = s->whitening_.get();
+  deps.metrics = &s->metrics_registry_;
+  s->embedding_service_ = std::make_unique<EmbeddingService>(deps);
   s->generation_service_ = std::make_unique<GenerationService>(s->registry_.get(), &s->options_);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -130,8 +150,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   s->grpc_server_ = builder.BuildAndStart();
   if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", addr,
-                                               " (address in use or not available)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for gRPC on ", addr, " (address in use or not available)"));
   }
   s->UpdateHealth();
 

@@ -16,6 +16,7 @@
 #include "server/model_registry.h"
 #include "server/request_interceptor.h"
 #include "server/scheduler/worker_pool.h"
+#include "server/whitening_store.h"
 
 namespace maskserve::server {
 
@@ -65,6 +66,8 @@ class Server {
   std::unique_ptr<ModelRegistry> registry_;
   // CPU work of handlers (tokenisation ...); sized from the CPU budget.
   std::unique_ptr<WorkerPool> cpu_pool_;
+  // Whitening profiles under --data_dir, loaded at start-up.
+  std::unique_ptr<WhiteningStore> whitening_;
   std::unique_ptr<ModelsService> models_service_;
   std::unique_ptr<EmbeddingService> embedding_service_;
   std::unique_ptr<GenerationService> generation_service_;

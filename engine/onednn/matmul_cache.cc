@@ -17,13 +17,13 @@ namespace {
 using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 
-dnnl::algorithm EltwiseAlg(Activation a) {
+dnnl::algorithm EltwiseAlg(FusedActivation a) {
   switch (a) {
-    case Activation::kGeluErf: return dnnl::algorithm::eltwise_gelu_erf;
-    case Activation::kGeluTanh: return dnnl::algorithm::eltwise_gelu_tanh;
-    case Activation::kRelu: return dnnl::algorithm::eltwise_relu;
-    case Activation::kSilu: return dnnl::algorithm::eltwise_swish;
-    case Activation::kNone: break;
+    case FusedActivation::kGeluErf: return dnnl::algorithm::eltwise_gelu_erf;
+    case FusedActivation::kGeluTanh: return dnnl::algorithm::eltwise_gelu_tanh;
+    case FusedActivation::kRelu: return dnnl::algorithm::eltwise_relu;
+    case FusedActivation::kSilu: return dnnl::algorithm::eltwise_swish;
+    case FusedActivation::kNone: break;
   }
   return dnnl::algorithm::undef;
 }
@@ -98,9 +98,9 @@ absl::StatusOr<std::shared_ptr<const MatmulCache::Entry>> MatmulCache::GetOrCrea
     entry->dst_md = dnnl::memory::desc({M, N}, dt::f32, tag::ab);
     const dnnl::memory::desc& w_md = w.impl().weights.get_desc();
     dnnl::post_ops ops;
-    if (key.activation != static_cast<uint8_t>(Activation::kNone)) {
-      const auto act = static_cast<Activation>(key.activation);
-      ops.append_eltwise(1.0f, EltwiseAlg(act), act == Activation::kSilu ? 1.0f : 0.0f, 0.0f);
+    if (key.activation != static_cast<uint8_t>(FusedActivation::kNone)) {
+      const auto act = static_cast<FusedActivation>(key.activation);
+      ops.append_eltwise(1.0f, EltwiseAlg(act), act == FusedActivation::kSilu ? 1.0f : 0.0f, 0.0f);
     }
     if (key.accumulate) ops.append_sum(1.0f);
     dnnl::primitive_attr attr;

@@ -38,7 +38,7 @@
 
 namespace maskserve::engine {
 
-enum class Activation : uint8_t {
+enum class FusedActivation : uint8_t {
   kNone,
   kGeluErf,   // BERT "gelu" (oneDNN eltwise_gelu_erf)
   kGeluTanh,  // GPT-2 "gelu_new" (eltwise_gelu_tanh)
@@ -49,12 +49,12 @@ enum class Activation : uint8_t {
 // What is fused into the matmul, in this order: bias, activation, sum.
 //   y = act(x W + (bias ? b : 0))            when accumulate is false
 //   y = y_old + act(x W + (bias ? b : 0))    when accumulate is true
-// e.g. FFN up: {.bias = true, .activation = Activation::kGeluErf};
+// e.g. FFN up: {.bias = true, .activation = FusedActivation::kGeluErf};
 // attention output with residual: {.bias = true, .accumulate = true} with y
 // preloaded with the residual.
 struct PostOp {
   bool bias = false;                          // add the PackedLinear's bias
-  Activation activation = Activation::kNone;  // applied after the bias
+  FusedActivation activation = FusedActivation::kNone;  // applied after the bias
   bool accumulate = false;                    // add into y (fused residual)
 };
 

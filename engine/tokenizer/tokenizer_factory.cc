@@ -1,7 +1,10 @@
 #include "engine/tokenizer/tokenizer_factory.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/tokenizer/byte_level_bpe_tokenizer.h"
+#include "engine/tokenizer/char_vocab_tokenizer.h"
 #include "engine/tokenizer/hf_tokenizer_config.h"
+#include "engine/tokenizer/sentencepiece_tokenizer.h"
 #include "engine/tokenizer/wordpiece_tokenizer.h"
 #include "nlohmann/json.hpp"
 
@@ -36,9 +39,34 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadWordPiece(const std::string& dir)
   return std::unique_ptr<Tokenizer>(*std::move(tok));
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> NotYet(const std::string& dir, const char* kind) {
-  return absl::UnimplementedError(
-      absl::StrCat(dir, ": ", kind, " tokenizers are not implemented yet"));
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(const std::string& dir) {
+  auto options = ByteLevelBpeOptionsFromDirectory(dir);
+  if (!options.ok()) return options.status();
+  auto tok = ByteLevelBpeTokenizer::Create(*std::move(options));
+  if (!tok.ok()) {
+    return absl::Status(tok.status().code(), absl::StrCat(dir, ": ", tok.status().message()));
+  }
+  return std::unique_ptr<Tokenizer>(*std::move(tok));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(const std::string& dir) {
+  auto options = SentencePieceOptionsFromDirectory(dir);
+  if (!options.ok()) return options.status();
+  auto tok = SentencePieceTokenizer::Create(*std::move(options));
+  if (!tok.ok()) {
+    return absl::Status(tok.status().code(), absl::StrCat(dir, ": ", tok.status().message()));
+  }
+  return std::unique_ptr<Tokenizer>(*std::move(tok));
+}
+
+// OpenNMT character vocabularies; `target` selects the decoder side.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadCharVocab(const std::string& dir, bool target) {
+  CharVocabOptions options;
+  options.add_bos = target;
+  auto tok = CharVocabTokenizer::FromFile(
+      absl::StrCat(dir, target ? "/target_vocab.txt" : "/source_vocab.txt"), std::move(options));
+  if (!tok.ok()) return tok.status();
+  return std::unique_ptr<Tokenizer>(*std::move(tok));
 }
 
 // One tokenizer kind: how to recognise its files, and how to load them.
@@ -57,15 +85,26 @@ const Kind kKinds[] = {
      [](const std::string& d, const std::string&) {
        return Has(d, "vocab.json") && Has(d, "merges.txt");
      },
-     [](const std::string& d) { return NotYet(d, "byte-level BPE"); }},
+     LoadByteLevelBpe},
     {"SentencePiece",
      [](const std::string& d, const std::string&) {
        return Has(d, "spiece.model") || Has(d, "tokenizer.model") ||
               Has(d, "sentencepiece.bpe.model");
      },
-     [](const std::string& d) { return NotYet(d, "SentencePiece"); }},
+     LoadSentencePiece},
+    {"OpenNMT character vocabulary",
+     [](const std::string& d, const std::string&) { return Has(d, "source_vocab.txt"); },
+     [](const std::string& d) { return LoadCharVocab(d, /*target=*/false); }},
     {"WordPiece (tokenizer.json)",
      [](const std::string&, const std::string& t) { return t == "WordPiece"; }, LoadWordPiece},
+    {"byte-level BPE (tokenizer.json)",
+     [](const std::string&, const std::string& t) { return t == "BPE"; }, LoadByteLevelBpe},
+    {"Marian",
+     [](const std::string& d, const std::string&) { return Has(d, "source.spm"); },
+     [](const std::string& d) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
+       return absl::UnimplementedError(
+           absl::StrCat(d, ": Marian (source.spm / target.spm) tokenizers are not implemented"));
+     }},
 };
 
 }  // namespace
@@ -82,7 +121,25 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& mode
   return absl::NotFoundError(
       absl::StrCat(model_dir,
                    ": no tokenizer files (vocab.txt, vocab.json + merges.txt, spiece.model, "
-                   "tokenizer.model or tokenizer.json)"));
+                   "tokenizer.model, source_vocab.txt or tokenizer.json)"));
+}
+
+absl::StatusOr<Seq2SeqTokenizers> LoadSeq2SeqTokenizers(const std::string& model_dir) {
+  Seq2SeqTokenizers t;
+  if (Has(model_dir, "source_vocab.txt") && Has(model_dir, "target_vocab.txt")) {
+    auto source = LoadCharVocab(model_dir, /*target=*/false);
+    if (!source.ok()) return source.status();
+    auto target = LoadCharVocab(model_dir, /*target=*/true);
+    if (!target.ok()) return target.status();
+    t.source = *std::move(source);
+    t.target = *std::move(target);
+    return t;
+  }
+  auto shared = LoadTokenizer(model_dir);
+  if (!shared.ok()) return shared.status();
+  t.source = std::shared_ptr<const Tokenizer>(*std::move(shared));
+  t.target = t.source;
+  return t;
 }
 
 }  // namespace maskserve::engine

@@ -1,22 +1,53 @@
-// maskserve.v1.Embedding: sentence embeddings, tokenisation, whitening.
-// Handlers validate the request and map it onto the engine; they never block
-// a gRPC thread on model compute.
+// maskserve.v1.Embedding: sentence embeddings, tokenisation, BERT-whitening.
+// Handlers validate and tokenise on the CPU pool, queue the inputs on the
+// model's dynamic batcher (EmbeddingRunner) and finish the call from the
+// batcher's completion; no gRPC thread waits on model compute.
 #pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
 
 #include "maskserve/v1/embedding.grpc.pb.h"
 #include "server/config.h"
+#include "server/embedding_runner.h"
 #include "server/model_registry.h"
 #include "server/scheduler/worker_pool.h"
-
-#include <functional>
+#include "server/whitening_store.h"
 
 namespace maskserve::server {
 
+// An Embed request turned into engine inputs, with what post-processing needs.
+struct PreparedEmbed {
+  std::shared_ptr<const engine::LoadedModel> model;
+  std::vector<EmbedInput> inputs;
+  std::vector<bool> truncated;
+  engine::PoolingMode pooling = engine::PoolingMode::kCls;
+  // Null unless the request names a whitening profile.
+  std::shared_ptr<const StoredProfile> profile;
+  // Output dimensions after whitening and truncation.
+  int dimensions = 0;
+  bool normalize = false;
+  int64_t tokenization_us = 0;
+};
+
 class EmbeddingService final : public maskserve::v1::Embedding::CallbackService {
  public:
-  // `pool` runs the CPU work of handlers; all three must outlive the service.
-  EmbeddingService(const ModelRegistry* registry, const ServerOptions* options, WorkerPool* pool)
-      : registry_(registry), options_(options), pool_(pool) {}
+  struct Deps {
+    // All must outlive the service.
+    const ModelRegistry* registry = nullptr;
+    const ServerOptions* options = nullptr;
+    // Runs tokenisation and other CPU work of handlers.
+    WorkerPool* pool = nullptr;
+    WhiteningStore* whitening = nullptr;
+    // Batcher metrics (nullable).
+    metrics::MetricsRegistry* metrics = nullptr;
+  };
+  explicit EmbeddingService(const Deps& deps) : deps_(deps) {}
+  // Drains and stops the per-model batchers.
+  ~EmbeddingService() override;
 
   grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
                                   const maskserve::v1::EmbedRequest* request,
@@ -42,6 +73,19 @@ class EmbeddingService final : public maskserve::v1::Embedding::CallbackService 
       grpc::CallbackServerContext* context, const maskserve::v1::ImportWhiteningRequest* request,
       maskserve::v1::WhiteningProfile* response) override;
 
+  // Validates and tokenises an Embed request (public for tests).
+  absl::StatusOr<PreparedEmbed> PrepareEmbed(const maskserve::v1::EmbedRequest& request) const;
+
+  // The batcher of a READY encoder model, created on first use.
+  absl::StatusOr<EmbeddingRunner*> RunnerFor(const std::string& name,
+                                             std::shared_ptr<const engine::LoadedModel> model);
+
+  // Whitening, truncation to `dimensions`, L2 normalisation, into `out`.
+  static void PostProcess(const PreparedEmbed& prepared, const std::vector<float>& pooled,
+                          std::vector<float>* scratch, google::protobuf::RepeatedField<float>* out);
+
+  const Deps& deps() const { return deps_; }
+
  private:
   // Runs `work` on the pool and finishes the call with its status.
   grpc::ServerUnaryReactor* RunOnPool(grpc::CallbackServerContext* context,
@@ -52,9 +96,9 @@ class EmbeddingService final : public maskserve::v1::Embedding::CallbackService 
   absl::Status DoDetokenize(const maskserve::v1::DetokenizeRequest* request,
                             maskserve::v1::DetokenizeResponse* response);
 
-  const ModelRegistry* registry_;
-  const ServerOptions* options_;
-  WorkerPool* pool_;
+  const Deps deps_;
+  std::mutex runners_mu_;
+  std::map<std::string, std::unique_ptr<EmbeddingRunner>> runners_;
 };
 
 }  // namespace maskserve::server

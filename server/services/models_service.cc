@@ -1,27 +1,12 @@
 #include "server/services/models_service.h"
 
+#include "server/services/proto_convert.h"
 #include "server/status_util.h"
 
 namespace maskserve::server {
 namespace {
 
 namespace pb = maskserve::v1;
-
-pb::Pooling ToProtoPooling(engine::PoolingMode mode) {
-  switch (mode) {
-    case engine::PoolingMode::kCls:
-      return pb::POOLING_CLS;
-    case engine::PoolingMode::kMean:
-      return pb::POOLING_MEAN;
-    case engine::PoolingMode::kFirstLastAvg:
-      return pb::POOLING_FIRST_LAST_AVG;
-    case engine::PoolingMode::kMax:
-      return pb::POOLING_MAX;
-    case engine::PoolingMode::kLastToken:
-      return pb::POOLING_LAST_TOKEN;
-  }
-  return pb::POOLING_UNSPECIFIED;
-}
 
 pb::ModelState ToProtoState(ModelState s) {
   switch (s) {
@@ -59,10 +44,17 @@ void FillModelInfo(const ModelSnapshot& snap, pb::ModelInfo* info) {
   info->add_supported_masks(pb::MASK_KIND_BIDIRECTIONAL);
 }
 
+void ModelsService::Fill(const ModelSnapshot& snap, pb::ModelInfo* info) const {
+  FillModelInfo(snap, info);
+  for (const auto& p : whitening_->List(snap.spec.name)) {
+    FillWhiteningSummary(*p, info->add_whitening_profiles());
+  }
+}
+
 grpc::ServerUnaryReactor* ModelsService::ListModels(grpc::CallbackServerContext* context,
                                                     const pb::ListModelsRequest* /*request*/,
                                                     pb::ListModelsResponse* response) {
-  for (const ModelSnapshot& snap : registry_->List()) FillModelInfo(snap, response->add_models());
+  for (const ModelSnapshot& snap : registry_->List()) Fill(snap, response->add_models());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -81,7 +73,7 @@ grpc::ServerUnaryReactor* ModelsService::GetModel(grpc::CallbackServerContext* c
     reactor->Finish(ToGrpcStatus(snap.status()));
     return reactor;
   }
-  FillModelInfo(*snap, response);
+  Fill(*snap, response);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

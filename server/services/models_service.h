@@ -3,6 +3,7 @@
 
 #include "maskserve/v1/models.grpc.pb.h"
 #include "server/model_registry.h"
+#include "server/whitening_store.h"
 
 namespace maskserve::server {
 
@@ -11,7 +12,9 @@ void FillModelInfo(const ModelSnapshot& snap, maskserve::v1::ModelInfo* info);
 
 class ModelsService final : public maskserve::v1::Models::CallbackService {
  public:
-  explicit ModelsService(const ModelRegistry* registry) : registry_(registry) {}
+  // `whitening` lists each model's profiles; both must outlive the service.
+  ModelsService(const ModelRegistry* registry, const WhiteningStore* whitening)
+      : registry_(registry), whitening_(whitening) {}
 
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const maskserve::v1::ListModelsRequest* request,
@@ -21,7 +24,10 @@ class ModelsService final : public maskserve::v1::Models::CallbackService {
                                      maskserve::v1::ModelInfo* response) override;
 
  private:
+  void Fill(const ModelSnapshot& snap, maskserve::v1::ModelInfo* info) const;
+
   const ModelRegistry* registry_;
+  const WhiteningStore* whitening_;
 };
 
 }  // namespace maskserve::server

@@ -73,15 +73,14 @@ struct Worst {
   double max_abs = 0;
   double min_cos = 1;
   void Print(const std::string& what) const {
-    std::printf("[golden] %-48s worst max|d| = %.3g  min cosine = %.8f\n", what.c_str(), max_abs,
+    std::printf("[golden] %-48s worst max|d| = %.3g  min cosine = %.10f\n", what.c_str(), max_abs,
                 min_cos);
   }
 };
 
 const char* const kPoolNames[] = {"cls", "mean", "first_last_avg", "max", "last_token"};
-const PoolingMode kPoolModes[] = {PoolingMode::kCls, PoolingMode::kMean,
-                                  PoolingMode::kFirstLastAvg, PoolingMode::kMax,
-                                  PoolingMode::kLastToken};
+const PoolingMode kPoolModes[] = {PoolingMode::kCls, PoolingMode::kMean, PoolingMode::kFirstLastAvg,
+                                  PoolingMode::kMax, PoolingMode::kLastToken};
 
 struct Loaded {
   std::unique_ptr<SafetensorsModel> weights;
@@ -113,8 +112,8 @@ const Loaded& LoadModel(const std::string& dir) {
 
 // Runs one sequence (or a packed batch) with hidden_states_1.
 EncoderOutput EncodeAll(const Encoder& enc, const std::vector<int32_t>& ids,
-                  const std::vector<int32_t>& types, const std::vector<int32_t>& cu,
-                  const std::vector<MaskSpec>& masks = {}) {
+                        const std::vector<int32_t>& types, const std::vector<int32_t>& cu,
+                        const std::vector<MaskSpec>& masks = {}) {
   EncoderBatch b;
   b.token_ids = ids;
   b.type_ids = types;
@@ -133,8 +132,8 @@ std::map<std::string, std::vector<float>> PoolAll(const EncoderOutput& out,
   const int n = static_cast<int>(cu.size()) - 1, h = out.hidden_size;
   for (size_t m = 0; m < 5; ++m) {
     std::vector<float> v(static_cast<size_t>(n) * h);
-    absl::Status s = Pool(kPoolModes[m], out.last_hidden_state.data(),
-                          out.hidden_states_1.data(), cu, h, v.data());
+    absl::Status s = Pool(kPoolModes[m], out.last_hidden_state.data(), out.hidden_states_1.data(),
+                          cu, h, v.data());
     EXPECT_TRUE(s.ok()) << s;
     r[kPoolNames[m]] = v;
     L2Normalize(v.data(), n, h);
@@ -164,9 +163,8 @@ TEST_P(EncoderGoldenTest, Fp32HiddenStatesAndPooledMatchHf) {
       ASSERT_EQ(out.last_hidden_state.size(), ids.size() * out.hidden_size);
       for (const char* key : {"last_hidden_state", "hidden_states_1"}) {
         const std::vector<float> want = Floats(item[key]);
-        const std::vector<float>& got = std::string(key) == "last_hidden_state"
-                                            ? out.last_hidden_state
-                                            : out.hidden_states_1;
+        const std::vector<float>& got =
+            std::string(key) == "last_hidden_state" ? out.last_hidden_state : out.hidden_states_1;
         ASSERT_EQ(got.size(), want.size()) << key;
         const double d = MaxAbsDiff(got.data(), want.data(), want.size());
         hidden.max_abs = std::max(hidden.max_abs, d);
@@ -268,8 +266,7 @@ TEST_P(EncoderGoldenTest, Bf16PooledCosine) {
   pooled.Print(GetParam() + " bf16 pooled");
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, EncoderGoldenTest,
-                         ::testing::Values("bert-mini", "roformer-mini"),
+INSTANTIATE_TEST_SUITE_P(Models, EncoderGoldenTest, ::testing::Values("bert-mini", "roformer-mini"),
                          [](const ::testing::TestParamInfo<std::string>& p) {
                            std::string n = p.param;
                            std::replace(n.begin(), n.end(), '-', '_');
@@ -389,8 +386,8 @@ TEST(EncoderGoldenEndToEndTest, WordPieceTokenizerPlusEncoder) {
     const std::vector<int32_t> cu = {0, static_cast<int32_t>(enc->ids.size())};
     EncoderOutput out = EncodeAll(*(*model)->encoder(), enc->ids, enc->type_ids, cu);
     std::vector<float> mean(out.hidden_size);
-    ASSERT_TRUE(Pool(PoolingMode::kMean, out.last_hidden_state.data(), nullptr, cu,
-                     out.hidden_size, mean.data())
+    ASSERT_TRUE(Pool(PoolingMode::kMean, out.last_hidden_state.data(), nullptr, cu, out.hidden_size,
+                     mean.data())
                     .ok());
     L2Normalize(mean.data(), 1, out.hidden_size);
     const std::vector<float> want = Floats(item["pooled"]["mean_normalized"]);

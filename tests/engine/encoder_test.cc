@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/demo_model.h"
+#include "engine/loaded_model.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 #include "engine/safetensors_writer.h"
@@ -81,7 +83,8 @@ Checkpoint MakeCheckpoint(const EncoderArch& a, const std::string& prefix, bool 
   const int H = a.hidden_size, E = a.embedding_size;
   const std::string emb = prefix + "embeddings.";
   add(emb + "word_embeddings.weight", {a.vocab_size, E}, 0, 1);
-  if (a.type_vocab_size > 0) add(emb + "token_type_embeddings.weight", {a.type_vocab_size, E}, 0, 1);
+  if (a.type_vocab_size > 0)
+    add(emb + "token_type_embeddings.weight", {a.type_vocab_size, E}, 0, 1);
   if (a.positions == Positions::kLearned) {
     add(emb + "position_embeddings.weight", {a.max_position_embeddings, E}, 0, 1);
   }
@@ -221,7 +224,8 @@ RefOutput ReferenceForward(const EncoderArch& a, const Checkpoint& ck, const std
   for (int t = 0; t < n; ++t) {
     for (int c = 0; c < E; ++c) {
       double v = ck.at(emb + "word_embeddings.weight").data[ids[t] * E + c];
-      if (a.type_vocab_size > 0) v += ck.at(emb + "token_type_embeddings.weight").data[types[t] * E + c];
+      if (a.type_vocab_size > 0)
+        v += ck.at(emb + "token_type_embeddings.weight").data[types[t] * E + c];
       if (a.positions == Positions::kLearned) {
         v += ck.at(emb + "position_embeddings.weight").data[pos[t] * E + c];
       } else if (a.positions == Positions::kSinusoidal) {
@@ -245,7 +249,8 @@ RefOutput ReferenceForward(const EncoderArch& a, const Checkpoint& ck, const std
       Mat v = LinearRef(ck, lp + "attention.self.value", in, n, H);
       if (a.positions == Positions::kRotary) {
         for (int t = 0; t < n; ++t) {
-          for (int h = 0; h < a.num_heads; ++h) RotateRef(&q[t * qw + h * hd], hd, pos[t], a.rope_theta);
+          for (int h = 0; h < a.num_heads; ++h)
+            RotateRef(&q[t * qw + h * hd], hd, pos[t], a.rope_theta);
           for (int h = 0; h < a.num_kv_heads; ++h) {
             RotateRef(&k[t * kw + h * hd], hd, pos[t], a.rope_theta);
             if (a.rotary_value) RotateRef(&v[t * kw + h * hd], hd, pos[t], a.rope_theta);
@@ -272,7 +277,8 @@ RefOutput ReferenceForward(const EncoderArch& a, const Checkpoint& ck, const std
             z += p[j];
           }
           for (int j = 0; j < n; ++j) {
-            for (int c = 0; c < hd; ++c) ctx[i * qw + h * hd + c] += p[j] / z * v[j * kw + g * hd + c];
+            for (int c = 0; c < hd; ++c)
+              ctx[i * qw + h * hd + c] += p[j] / z * v[j * kw + g * hd + c];
           }
         }
       }
@@ -409,7 +415,8 @@ double CheckAgainstReference(const EncoderArch& a, const std::string& prefix, ui
       const double d2 = std::abs(out->hidden_states_1[at] - ref.first[i]);
       worst = std::max({worst, d1, d2});
       if (d1 > kFp32Tol || d2 > kFp32Tol) {
-        ADD_FAILURE() << "sequence " << s << " element " << i << ": last " << d1 << ", first " << d2;
+        ADD_FAILURE() << "sequence " << s << " element " << i << ": last " << d1 << ", first "
+                      << d2;
         return worst;
       }
     }
@@ -573,9 +580,10 @@ TEST(EncoderTest, PackedBatchEqualsEachSequenceAlone) {
     EXPECT_TRUE(alone->hidden_states_1.empty());
     double worst = 0;
     for (size_t i = 0; i < alone->last_hidden_state.size(); ++i) {
-      worst = std::max(worst, static_cast<double>(std::abs(
-                                  alone->last_hidden_state[i] -
-                                  packed->last_hidden_state[static_cast<size_t>(in.cu[s]) * H + i])));
+      worst = std::max(
+          worst, static_cast<double>(
+                     std::abs(alone->last_hidden_state[i] -
+                              packed->last_hidden_state[static_cast<size_t>(in.cu[s]) * H + i])));
     }
     // Only the matmul row blocking differs between the two runs.
     EXPECT_LE(worst, 1e-5) << "sequence " << s;
@@ -685,9 +693,9 @@ TEST(EncoderTest, MissingOrMisshapenTensorErrorsNameIt) {
   const Checkpoint good = MakeCheckpoint(a, "bert.", true, true, 80);
   ASSERT_TRUE(CreateFrom(a, good).ok());
   for (const std::string name :
-       {"bert.encoder.layer.1.attention.self.key.weight", "bert.encoder.layer.0.output.LayerNorm.bias",
-        "bert.embeddings.position_embeddings.weight", "cls.predictions.bias",
-        "bert.embeddings.token_type_embeddings.weight"}) {
+       {"bert.encoder.layer.1.attention.self.key.weight",
+        "bert.encoder.layer.0.output.LayerNorm.bias", "bert.embeddings.position_embeddings.weight",
+        "cls.predictions.bias", "bert.embeddings.token_type_embeddings.weight"}) {
     SCOPED_TRACE(name);
     Checkpoint missing = good;
     missing.erase(name);
@@ -785,6 +793,35 @@ TEST(EncoderTest, ConcurrentEncodeIsIdentical) {
   }
   for (std::thread& t : threads) t.join();
   for (const std::vector<float>& r : results) EXPECT_EQ(r, expected->last_hidden_state);
+}
+
+TEST(EncoderTest, LoadedModelBuildsTheEncoderForTheDemoModel) {
+  const std::string dir = maskserve::testing::MakeTempDir("encoder_demo");
+  ASSERT_TRUE(WriteDemoModel(dir).ok());
+  for (ComputeDtype dtype : {ComputeDtype::kFloat32, ComputeDtype::kBFloat16}) {
+    LoadOptions lo;
+    lo.path = dir;
+    lo.dtype = dtype;
+    absl::StatusOr<std::unique_ptr<LoadedModel>> model = LoadedModel::Load(lo);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const Encoder* enc = (*model)->encoder();
+    ASSERT_NE(enc, nullptr);
+    EXPECT_EQ(enc->dtype(),
+              dtype == ComputeDtype::kBFloat16 ? MatmulDType::kBF16 : MatmulDType::kF32);
+    EXPECT_TRUE(enc->has_mlm_head());
+    EXPECT_EQ(enc->hidden_size(), DemoModelSpec::kHiddenSize);
+    EXPECT_EQ(enc->max_sequence_length(), (*model)->description().max_sequence_length);
+    ASSERT_EQ((*model)->description().tasks.size(), 1u);
+    EXPECT_EQ((*model)->description().tasks[0], ModelTask::kEmbed);
+    const std::vector<int32_t> ids = {2, 10, 11, 3};
+    const std::vector<int32_t> cu = {0, 4};
+    EncoderBatch batch;
+    batch.token_ids = ids;
+    batch.cu_seqlens = cu;
+    absl::StatusOr<EncoderOutput> out = enc->Encode(batch);
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->last_hidden_state.size(), 4u * DemoModelSpec::kHiddenSize);
+  }
 }
 
 }  // namespace

@@ -20,14 +20,14 @@
 namespace maskserve::engine {
 namespace {
 
-double ActRef(Activation a, double v) {
+double ActRef(FusedActivation a, double v) {
   switch (a) {
-    case Activation::kNone: return v;
-    case Activation::kGeluErf: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
-    case Activation::kGeluTanh:
+    case FusedActivation::kNone: return v;
+    case FusedActivation::kGeluErf: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+    case FusedActivation::kGeluTanh:
       return 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
-    case Activation::kRelu: return v > 0 ? v : 0.0;
-    case Activation::kSilu: return v / (1.0 + std::exp(-v));
+    case FusedActivation::kRelu: return v > 0 ? v : 0.0;
+    case FusedActivation::kSilu: return v / (1.0 + std::exp(-v));
   }
   return v;
 }
@@ -103,13 +103,13 @@ void CheckLinear(MatmulCache& cache, const Case& c, MatmulDType dtype, PostOp po
 
 std::vector<PostOp> AllPostOps() {
   std::vector<PostOp> ops = {PostOp{}, PostOp{.bias = true}};
-  for (Activation a : {Activation::kGeluErf, Activation::kGeluTanh, Activation::kRelu,
-                       Activation::kSilu}) {
+  for (FusedActivation a : {FusedActivation::kGeluErf, FusedActivation::kGeluTanh, FusedActivation::kRelu,
+                       FusedActivation::kSilu}) {
     ops.push_back(PostOp{.bias = true, .activation = a});
   }
   ops.push_back(PostOp{.accumulate = true});
   ops.push_back(PostOp{.bias = true, .accumulate = true});
-  ops.push_back(PostOp{.bias = true, .activation = Activation::kGeluErf, .accumulate = true});
+  ops.push_back(PostOp{.bias = true, .activation = FusedActivation::kGeluErf, .accumulate = true});
   return ops;
 }
 
@@ -157,7 +157,7 @@ TEST_P(LinearTest, PackedLayoutServesOtherThreadCountsAndRowClasses) {
 
 TEST_P(LinearTest, LargeMIsChunked) {
   MatmulCache cache(MatmulCacheOptions{.max_chunk_rows = 64});
-  CheckLinear(cache, {203, 48, 40}, GetParam(), PostOp{.bias = true, .activation = Activation::kGeluErf}, 7);
+  CheckLinear(cache, {203, 48, 40}, GetParam(), PostOp{.bias = true, .activation = FusedActivation::kGeluErf}, 7);
   CheckLinear(cache, {203, 48, 40}, GetParam(), PostOp{.accumulate = true}, 8);
 }
 
@@ -263,7 +263,7 @@ TEST(MatmulCacheTest, ConcurrentCallersGetCorrectResults) {
         const int M = 1 + (iter * 37 + t * 11) % 150;
         std::vector<float> x = RandomVec(static_cast<size_t>(M) * K, r);
         std::vector<float> y(static_cast<size_t>(M) * N);
-        const PostOp op{.bias = true, .activation = iter % 2 ? Activation::kGeluErf : Activation::kNone};
+        const PostOp op{.bias = true, .activation = iter % 2 ? FusedActivation::kGeluErf : FusedActivation::kNone};
         if (!cache.Linear(x.data(), M, *w32, y.data(), op).ok()) {
           ++failures[t];
           continue;

@@ -1,0 +1,416 @@
+#include "server/scheduler/dynamic_batcher.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+
+namespace maskserve::server::internal {
+namespace {
+
+// Families are shared by every model's batcher (the registry returns the
+// existing family for a repeated registration); children carry {model}.
+constexpr const char* kQueueDepth = "maskserve_queue_depth";
+constexpr const char* kBatchSize = "maskserve_batch_size";
+constexpr const char* kBatchTokens = "maskserve_batch_tokens";
+constexpr const char* kQueueWait = "maskserve_queue_wait_seconds";
+constexpr const char* kInference = "maskserve_inference_seconds";
+constexpr const char* kTokensTotal = "maskserve_tokens_total";
+constexpr const char* kPaddingRatio = "maskserve_padding_ratio";
+constexpr const char* kRejected = "maskserve_requests_rejected_total";
+
+std::string ThreadName(const std::string& model, int worker) {
+  // Linux limits thread names to 15 characters.
+  std::string name = absl::StrCat("b-", model.substr(0, 9), "-", worker);
+  return name.substr(0, 15);
+}
+
+}  // namespace
+
+struct BatcherCore::Metrics {
+  metrics::Gauge* queue_depth = nullptr;
+  metrics::Histogram* batch_size = nullptr;
+  metrics::Histogram* batch_tokens = nullptr;
+  metrics::Histogram* queue_wait = nullptr;
+  metrics::Histogram* inference = nullptr;
+  metrics::Histogram* padding_ratio = nullptr;
+  metrics::Counter* input_tokens = nullptr;
+  metrics::Counter* rejected_queue_full = nullptr;
+  metrics::Counter* rejected_deadline = nullptr;
+  metrics::Counter* rejected_cancelled = nullptr;
+
+  static absl::StatusOr<std::unique_ptr<Metrics>> Create(metrics::MetricsRegistry* registry,
+                                                         const std::string& model) {
+    auto m = std::make_unique<Metrics>();
+    const std::vector<std::string> labels = {model};
+    auto depth = registry->AddGauge(kQueueDepth, "Inputs queued for batching and not yet running.",
+                                    {"model"});
+    if (!depth.ok()) return depth.status();
+    m->queue_depth = (*depth)->WithLabels(labels);
+    auto size = registry->AddHistogram(kBatchSize, "Inputs per engine batch.", {"model"},
+                                       {1, 2, 4, 8, 16, 32, 64, 128, 256});
+    if (!size.ok()) return size.status();
+    m->batch_size = (*size)->WithLabels(labels);
+    auto tokens = registry->AddHistogram(kBatchTokens, "Real (unpadded) tokens per engine batch.",
+                                         {"model"}, metrics::ExponentialBuckets(16, 2, 13));
+    if (!tokens.ok()) return tokens.status();
+    m->batch_tokens = (*tokens)->WithLabels(labels);
+    auto wait = registry->AddHistogram(
+        kQueueWait, "Time an input waited in the batching queue before its batch started.",
+        {"model"});
+    if (!wait.ok()) return wait.status();
+    m->queue_wait = (*wait)->WithLabels(labels);
+    auto inference = registry->AddHistogram(kInference, "Engine time of one batch.", {"model"});
+    if (!inference.ok()) return inference.status();
+    m->inference = (*inference)->WithLabels(labels);
+    auto padding = registry->AddHistogram(
+        kPaddingRatio,
+        "Share of a padded batch (items x longest) that would be padding; the engine packs "
+        "batches without padding, so this is what length grouping saves.",
+        {"model"}, {0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9});
+    if (!padding.ok()) return padding.status();
+    m->padding_ratio = (*padding)->WithLabels(labels);
+    auto total = registry->AddCounter(kTokensTotal, "Tokens processed.", {"model", "kind"});
+    if (!total.ok()) return total.status();
+    m->input_tokens = (*total)->WithLabels({model, "input"});
+    auto rejected = registry->AddCounter(
+        kRejected, "Requests refused or dropped by the batching queue.", {"model", "reason"});
+    if (!rejected.ok()) return rejected.status();
+    m->rejected_queue_full = (*rejected)->WithLabels({model, "queue_full"});
+    m->rejected_deadline = (*rejected)->WithLabels({model, "deadline"});
+    m->rejected_cancelled = (*rejected)->WithLabels({model, "cancelled"});
+    return m;
+  }
+};
+
+absl::StatusOr<std::unique_ptr<BatcherCore>> BatcherCore::Create(
+    const DynamicBatcherOptions& options, CoreBatchFn fn) {
+  const std::string what = absl::StrCat("DynamicBatcher(", options.model, "): ");
+  if (options.max_batch_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(what, "max_batch_size must be >= 1"));
+  }
+  if (options.max_batch_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(what, "max_batch_tokens must be >= 1"));
+  }
+  if (options.max_queue_delay < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, "max_queue_delay must be >= 0"));
+  }
+  if (options.max_queue_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(what, "max_queue_size must be >= 1"));
+  }
+  if (options.num_workers < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(what, "num_workers must be >= 1"));
+  }
+  if (options.length_grouping_window < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(what, "length_grouping_window must be >= 0"));
+  }
+  if (!fn) return absl::InvalidArgumentError(absl::StrCat(what, "a batch function is required"));
+  std::unique_ptr<BatcherCore> core(new BatcherCore(options, std::move(fn)));
+  if (options.registry != nullptr) {
+    absl::StatusOr<std::unique_ptr<Metrics>> m = Metrics::Create(options.registry, options.model);
+    if (!m.ok()) return m.status();
+    core->metrics_ = std::move(*m);
+  }
+  core->workers_.resize(options.num_workers);
+  for (int i = 0; i < options.num_workers; ++i) {
+    core->threads_.emplace_back([c = core.get(), i] { c->WorkerLoop(i); });
+    pthread_setname_np(core->threads_.back().native_handle(),
+                       ThreadName(options.model, i).c_str());
+  }
+  return core;
+}
+
+BatcherCore::BatcherCore(const DynamicBatcherOptions& options, CoreBatchFn fn)
+    : options_(options),
+      clock_(options.clock != nullptr ? options.clock : RealClock::Get()),
+      fn_(std::move(fn)) {}
+
+BatcherCore::~BatcherCore() { Shutdown(); }
+
+absl::StatusOr<RequestHandle> BatcherCore::Submit(std::shared_ptr<CoreRequest> request,
+                                                  absl::Time deadline) {
+  const int64_t n = static_cast<int64_t>(request->items.size());
+  if (n == 0) return absl::InvalidArgumentError("a request needs at least one input");
+  int64_t tokens = 0;
+  for (const CoreItem& item : request->items) {
+    if (item.tokens < 0) return absl::InvalidArgumentError("an input has a negative token count");
+    tokens += item.tokens;
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  if (stopping_) {
+    return absl::UnavailableError(
+        absl::StrCat("model ", options_.model, " is shutting down; retry on another replica"));
+  }
+  const absl::Time now = clock_->Now();
+  if (deadline <= now) {
+    if (metrics_) metrics_->rejected_deadline->Inc();
+    return absl::DeadlineExceededError("the request's deadline passed before it was queued");
+  }
+  const int64_t pending = static_cast<int64_t>(queue_.size());
+  if (n > options_.max_queue_size) {
+    if (metrics_) metrics_->rejected_queue_full->Inc();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request has ", n, " inputs but model ", options_.model, "'s batching queue holds at most ",
+        options_.max_queue_size, " (max_queue_size); split it into smaller requests"));
+  }
+  if (pending + n > options_.max_queue_size) {
+    if (metrics_) metrics_->rejected_queue_full->Inc();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "model ", options_.model, "'s batching queue is full (", pending, " of ",
+        options_.max_queue_size, " inputs pending, this request adds ", n,
+        "); retry after a short backoff"));
+  }
+  request->id = next_id_++;
+  request->enqueue_time = now;
+  request->deadline = deadline;
+  request->remaining = static_cast<size_t>(n);
+  request->queued = static_cast<size_t>(n);
+  for (CoreItem& item : request->items) queue_.push_back(Queued{request, &item});
+  queued_tokens_ += tokens;
+  next_expiry_ = std::min(next_expiry_, deadline);
+  active_[request->id] = request;
+  ChangedLocked();
+  return RequestHandle{request->id};
+}
+
+bool BatcherCore::Cancel(RequestHandle handle) {
+  std::vector<Finished> finished;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = active_.find(handle.id);
+    if (it == active_.end()) return false;
+    std::shared_ptr<CoreRequest> request = it->second;
+    FailLocked(request, absl::CancelledError("the request was cancelled"), &finished);
+    if (metrics_) metrics_->rejected_cancelled->Inc();
+  }
+  RunFinished(&finished);
+  return true;
+}
+
+void BatcherCore::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      ChangedLocked();
+    }
+  }
+  std::lock_guard<std::mutex> join_lock(join_mu_);
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+int64_t BatcherCore::pending_items() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(queue_.size());
+}
+
+void BatcherCore::AwaitIdleForTesting() {
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_cv_.wait(lock, [this] { return IdleLocked(); });
+}
+
+bool BatcherCore::IdleLocked() {
+  const absl::Time now = clock_->Now();
+  for (const WorkerState& w : workers_) {
+    if (!w.asleep || w.epoch != epoch_ || w.at != now) return false;
+  }
+  return true;
+}
+
+void BatcherCore::ChangedLocked() {
+  ++epoch_;
+  if (metrics_) metrics_->queue_depth->Set(static_cast<double>(queue_.size()));
+  cv_.notify_all();
+}
+
+bool BatcherCore::ReadyLocked(absl::Time now) const {
+  if (queue_.empty()) return false;
+  if (stopping_) return true;
+  if (static_cast<int64_t>(queue_.size()) >= options_.max_batch_size) return true;
+  if (queued_tokens_ >= options_.max_batch_tokens) return true;
+  return now - queue_.front().request->enqueue_time >= options_.max_queue_delay;
+}
+
+void BatcherCore::WorkerLoop(int worker) {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    const absl::Time now = clock_->Now();
+    std::vector<Finished> finished;
+    ExpireLocked(now, &finished);
+    if (ReadyLocked(now)) {
+      Batch batch = FormBatchLocked(now);
+      lock.unlock();
+      RunFinished(&finished);
+      RunBatch(std::move(batch));
+      lock.lock();
+      continue;
+    }
+    if (!finished.empty()) {
+      lock.unlock();
+      RunFinished(&finished);
+      lock.lock();
+      continue;
+    }
+    if (stopping_ && queue_.empty()) return;
+    absl::Time wake = absl::InfiniteFuture();
+    if (!queue_.empty()) {
+      wake = std::min(queue_.front().request->enqueue_time + options_.max_queue_delay, next_expiry_);
+    }
+    workers_[worker] = WorkerState{true, epoch_, now};
+    idle_cv_.notify_all();
+    clock_->WaitUntil(lock, cv_, now, wake);
+    workers_[worker].asleep = false;
+  }
+}
+
+BatcherCore::Batch BatcherCore::FormBatchLocked(absl::Time now) {
+  Batch batch;
+  std::vector<std::list<Queued>::iterator> taken;
+  auto first = queue_.begin();
+  const int64_t first_tokens = first->item->tokens;
+  taken.push_back(first);
+  batch.tokens = first_tokens;
+
+  // Candidates after the oldest, nearest in length first (age breaks ties).
+  const size_t window =
+      options_.length_grouping_window == 0
+          ? static_cast<size_t>(options_.max_batch_size - 1)
+          : static_cast<size_t>(
+                std::max(options_.length_grouping_window, options_.max_batch_size - 1));
+  std::vector<std::list<Queued>::iterator> candidates;
+  for (auto it = std::next(first); it != queue_.end() && candidates.size() < window; ++it) {
+    candidates.push_back(it);
+  }
+  if (options_.length_grouping_window > 0) {
+    std::stable_sort(candidates.begin(), candidates.end(), [first_tokens](auto a, auto b) {
+      return std::llabs(a->item->tokens - first_tokens) <
+             std::llabs(b->item->tokens - first_tokens);
+    });
+  }
+  for (auto it : candidates) {
+    if (static_cast<int>(taken.size()) >= options_.max_batch_size) break;
+    if (batch.tokens + it->item->tokens > options_.max_batch_tokens) break;
+    taken.push_back(it);
+    batch.tokens += it->item->tokens;
+  }
+
+  batch.entries.reserve(taken.size());
+  for (auto it : taken) {
+    CoreRequest& request = *it->request;
+    it->item->timing.queue_wait = now - request.enqueue_time;
+    --request.queued;
+    queued_tokens_ -= it->item->tokens;
+    batch.entries.push_back(std::move(*it));
+    queue_.erase(it);
+  }
+  ChangedLocked();
+  return batch;
+}
+
+void BatcherCore::RunBatch(Batch batch) {
+  std::vector<CoreItem*> items;
+  items.reserve(batch.entries.size());
+  int64_t longest = 0;
+  for (const Queued& q : batch.entries) {
+    items.push_back(q.item);
+    longest = std::max(longest, q.item->tokens);
+  }
+  const absl::Time start = clock_->Now();
+  const absl::Status status = fn_(absl::MakeConstSpan(items));
+  const absl::Duration inference = clock_->Now() - start;
+
+  const int size = static_cast<int>(items.size());
+  for (CoreItem* item : items) {
+    item->timing.inference = inference;
+    item->timing.batch_size = size;
+    item->timing.batch_tokens = batch.tokens;
+    if (!status.ok()) item->status = status;
+  }
+  if (metrics_) {
+    metrics_->batch_size->Observe(size);
+    metrics_->batch_tokens->Observe(static_cast<double>(batch.tokens));
+    metrics_->inference->Observe(absl::ToDoubleSeconds(inference));
+    metrics_->input_tokens->Inc(static_cast<double>(batch.tokens));
+    for (CoreItem* item : items) metrics_->queue_wait->Observe(absl::ToDoubleSeconds(item->timing.queue_wait));
+    if (longest > 0) {
+      metrics_->padding_ratio->Observe(1.0 - static_cast<double>(batch.tokens) /
+                                                 (static_cast<double>(size) * longest));
+    }
+  }
+
+  std::vector<Finished> finished;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Queued& q : batch.entries) {
+      CoreRequest& request = *q.request;
+      --request.remaining;
+      if (request.finished) continue;
+      if (!q.item->status.ok()) {
+        FailLocked(q.request, q.item->status, &finished);
+      } else if (request.remaining == 0) {
+        request.finished = true;
+        active_.erase(request.id);
+        finished.push_back(Finished{q.request, absl::OkStatus()});
+      }
+    }
+  }
+  // Requests (and their outputs) stay alive through `finished` and `batch`
+  // until the callbacks have run.
+  RunFinished(&finished);
+}
+
+void BatcherCore::ExpireLocked(absl::Time now, std::vector<Finished>* finished) {
+  if (now < next_expiry_) return;
+  absl::flat_hash_set<CoreRequest*> seen;
+  std::vector<std::shared_ptr<CoreRequest>> expired;
+  absl::Time next = absl::InfiniteFuture();
+  for (const Queued& q : queue_) {
+    if (q.request->deadline <= now) {
+      if (seen.insert(q.request.get()).second) expired.push_back(q.request);
+    } else {
+      next = std::min(next, q.request->deadline);
+    }
+  }
+  next_expiry_ = next;
+  for (const std::shared_ptr<CoreRequest>& request : expired) {
+    FailLocked(request,
+               absl::DeadlineExceededError(absl::StrCat(
+                   "deadline exceeded after waiting ",
+                   absl::FormatDuration(now - request->enqueue_time), " in model ",
+                   options_.model, "'s batching queue")),
+               finished);
+    if (metrics_) metrics_->rejected_deadline->Inc();
+  }
+}
+
+void BatcherCore::FailLocked(const std::shared_ptr<CoreRequest>& request, absl::Status status,
+                             std::vector<Finished>* finished) {
+  request->finished = true;
+  active_.erase(request->id);
+  if (request->queued > 0) {
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (it->request == request) {
+        queued_tokens_ -= it->item->tokens;
+        --request->remaining;
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    request->queued = 0;
+    ChangedLocked();
+  }
+  finished->push_back(Finished{request, std::move(status)});
+}
+
+void BatcherCore::RunFinished(std::vector<Finished>* finished) {
+  for (Finished& f : *finished) f.request->Finish(std::move(f.status));
+  finished->clear();
+}
+
+}  // namespace maskserve::server::internal
