@@ -90,6 +90,7 @@ constexpr const char kUsage[] = R"(usage: encoder_bench [options]
   --passes N           interleaved passes over the grid; medians are reported       [1]
   --min_reps N --min_time S --max_time S   timing per measurement                  [3, 1.0, 8.0]
   --no_peer            skip ONNX Runtime
+  --no_bare            skip the bare GEMMs (e.g. to profile Encode alone)
   --node PATH --ort_bench PATH   [node, /work/shared/peers/ort/ort_bench.js]
   --quick              batches 1,32 x seqs 16,128, min_reps 2, min_time 0.5, max_time 4
   --json               JSON lines on stdout instead of the table (progress stays on stderr)
@@ -111,6 +112,7 @@ struct Flags {
   double min_time = 1.0;
   double max_time = 8.0;
   bool no_peer = false;
+  bool no_bare = false;
   std::string node = "node";
   std::string ort_bench = "/work/shared/peers/ort/ort_bench.js";
   bool json = false;
@@ -151,6 +153,7 @@ Flags ParseFlags(int argc, char** argv) {
       std::exit(0);
     }
     if (key == "no_peer") { f.no_peer = true; continue; }
+    if (key == "no_bare") { f.no_bare = true; continue; }
     if (key == "quick") { quick = true; continue; }
     if (key == "json") { f.json = true; continue; }
     if (!has_value) {
@@ -808,7 +811,9 @@ int main(int argc, char** argv) {
           for (MatmulDType d : run_dtypes) {
             if (d != MatmulDType::kF32) run_ours(d);
           }
-          for (MatmulDType d : run_dtypes) run_bare(d);
+          if (!f.no_bare) {
+            for (MatmulDType d : run_dtypes) run_bare(d);
+          }
 
           for (MatmulDType d : run_dtypes) {
             PointResult& p = points[{len, batch}][d];
@@ -821,8 +826,9 @@ int main(int argc, char** argv) {
             p.peer.push_back(peer_sps);
             p.ratio.push_back(ours_sps[d] / peer_sps);
             p.gflops.push_back(g);
-            p.bare.push_back(bare_gflops[d]);
-            p.e2e_over_bare.push_back(g / bare_gflops[d]);
+            const double bg = f.no_bare ? NAN : bare_gflops[d];
+            p.bare.push_back(bg);
+            p.e2e_over_bare.push_back(g / bg);
           }
         }
       }
