@@ -9,6 +9,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "server/logging.h"
 #include "server/services/proto_convert.h"
+#include "server/services/raw_codec.h"
 #include "server/services/request_validation.h"
 #include "server/services/service_util.h"
 #include "server/status_util.h"
@@ -66,8 +67,8 @@ void TruncateIds(std::vector<int32_t>* ids, int max_length, pb::TruncationSide s
 class EmbedCall final : public grpc::ServerUnaryReactor {
  public:
   EmbedCall(EmbeddingService* service, grpc::CallbackServerContext* context,
-            const pb::EmbedRequest* request, pb::EmbedResponse* response)
-      : service_(service), context_(context), request_(request), response_(response),
+            const grpc::ByteBuffer* request, grpc::ByteBuffer* response)
+      : service_(service), context_(context), raw_request_(request), raw_response_(response),
         start_(absl::Now()) {}
 
   void Start() {
@@ -92,14 +93,18 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
 
  private:
   void Prepare() {
-    absl::StatusOr<PreparedEmbed> prepared = service_->PrepareEmbed(*request_);
+    if (absl::Status s = ParseRequest(*raw_request_, &request_); !s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    absl::StatusOr<PreparedEmbed> prepared = service_->PrepareEmbed(request_);
     if (!prepared.ok()) {
       Finish(ToGrpcStatus(prepared.status()));
       return;
     }
     prepared_ = std::move(*prepared);
     absl::StatusOr<EmbeddingRunner*> runner =
-        service_->RunnerFor(request_->model(), prepared_.model);
+        service_->RunnerFor(request_.model(), prepared_.model);
     if (!runner.ok()) {
       Finish(ToGrpcStatus(runner.status()));
       return;
@@ -132,29 +137,31 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
     absl::Duration queue, inference;
     for (size_t i = 0; i < result->size(); ++i) {
       const ItemResult<EmbedOutput>& r = (*result)[i];
-      pb::EmbedResponse::Embedding* e = response_->add_embeddings();
+      pb::EmbedResponse::Embedding* e = response_.add_embeddings();
       EmbeddingService::PostProcess(prepared_, r.output.pooled, &scratch, e->mutable_values());
       e->set_token_count(static_cast<int32_t>(r.output.tokens));
       e->set_truncated(prepared_.truncated[i]);
       queue = std::max(queue, r.timing.queue_wait);
       inference = std::max(inference, r.timing.inference);
     }
-    response_->set_model(request_->model());
-    response_->set_dimensions(prepared_.dimensions);
-    response_->set_pooling(ToProtoPooling(prepared_.pooling));
-    pb::Timing* t = response_->mutable_timing();
+    response_.set_model(request_.model());
+    response_.set_dimensions(prepared_.dimensions);
+    response_.set_pooling(ToProtoPooling(prepared_.pooling));
+    pb::Timing* t = response_.mutable_timing();
     t->set_tokenization_us(prepared_.tokenization_us);
     t->set_queue_us(absl::ToInt64Microseconds(queue));
     t->set_inference_us(absl::ToInt64Microseconds(inference));
     t->set_postprocess_us(MicrosSince(post_start));
     t->set_total_us(MicrosSince(start_));
-    Finish(grpc::Status::OK);
+    Finish(SerializeResponse(response_, raw_response_));
   }
 
   EmbeddingService* service_;
   grpc::CallbackServerContext* context_;
-  const pb::EmbedRequest* request_;
-  pb::EmbedResponse* response_;
+  const grpc::ByteBuffer* raw_request_;
+  grpc::ByteBuffer* raw_response_;
+  pb::EmbedRequest request_;
+  pb::EmbedResponse response_;
   const absl::Time start_;
   PreparedEmbed prepared_;
   std::mutex mu_;
@@ -358,18 +365,23 @@ void EmbeddingService::PostProcess(const PreparedEmbed& prepared, const std::vec
 }
 
 grpc::ServerUnaryReactor* EmbeddingService::Embed(grpc::CallbackServerContext* context,
-                                                  const pb::EmbedRequest* request,
-                                                  pb::EmbedResponse* response) {
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
   auto* call = new EmbedCall(this, context, request, response);
   call->Start();
   return call;
 }
 
 grpc::ServerUnaryReactor* EmbeddingService::Tokenize(grpc::CallbackServerContext* context,
-                                                     const pb::TokenizeRequest* request,
-                                                     pb::TokenizeResponse* response) {
-  return RunOnPool(context, [this, context, request, response] {
-    return DoTokenize(context, request, response);
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return RunOnPool(context, [this, context, request, response]() -> absl::Status {
+    pb::TokenizeRequest typed_request;
+    if (absl::Status s = ParseRequest(*request, &typed_request); !s.ok()) return s;
+    pb::TokenizeResponse typed_response;
+    if (absl::Status s = DoTokenize(context, &typed_request, &typed_response); !s.ok()) return s;
+    grpc::Status out = SerializeResponse(typed_response, response);
+    return absl::Status(static_cast<absl::StatusCode>(out.error_code()), out.error_message());
   });
 }
 

@@ -33,7 +33,14 @@ struct PreparedEmbed {
   int64_t tokenization_us = 0;
 };
 
-class EmbeddingService final : public maskserve::v1::Embedding::CallbackService {
+// Embed, Tokenize and FitWhitening take user text, so they are registered
+// raw: their bytes are checked for UTF-8 first (services/raw_codec.h).
+using EmbeddingServiceBase = maskserve::v1::Embedding::WithRawCallbackMethod_Embed<
+    maskserve::v1::Embedding::WithRawCallbackMethod_Tokenize<
+        maskserve::v1::Embedding::WithRawCallbackMethod_FitWhitening<
+            maskserve::v1::Embedding::CallbackService>>>;
+
+class EmbeddingService final : public EmbeddingServiceBase {
  public:
   struct Deps {
     // All must outlive the service.
@@ -50,16 +57,16 @@ class EmbeddingService final : public maskserve::v1::Embedding::CallbackService 
   ~EmbeddingService() override;
 
   grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
-                                  const maskserve::v1::EmbedRequest* request,
-                                  maskserve::v1::EmbedResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
-                                     const maskserve::v1::TokenizeRequest* request,
-                                     maskserve::v1::TokenizeResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context,
                                        const maskserve::v1::DetokenizeRequest* request,
                                        maskserve::v1::DetokenizeResponse* response) override;
-  grpc::ServerReadReactor<maskserve::v1::FitWhiteningRequest>* FitWhitening(
-      grpc::CallbackServerContext* context, maskserve::v1::WhiteningProfile* response) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* FitWhitening(grpc::CallbackServerContext* context,
+                                                           grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetWhitening(grpc::CallbackServerContext* context,
                                          const maskserve::v1::GetWhiteningRequest* request,
                                          maskserve::v1::WhiteningProfile* response) override;

@@ -13,6 +13,7 @@
 #include "server/request_interceptor.h"
 #include "server/services/embedding_service.h"
 #include "server/services/proto_convert.h"
+#include "server/services/raw_codec.h"
 #include "server/services/request_validation.h"
 #include "server/services/service_util.h"
 #include "server/status_util.h"
@@ -26,12 +27,12 @@ absl::Status AtProfile(const absl::Status& s) {
   return absl::Status(s.code(), absl::StrCat("profile: ", s.message()));
 }
 
-class FitWhiteningCall final : public grpc::ServerReadReactor<pb::FitWhiteningRequest> {
+class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   FitWhiteningCall(EmbeddingService* service, grpc::CallbackServerContext* context,
-                   pb::WhiteningProfile* response)
-      : service_(service), context_(context), response_(response) {
-    StartRead(&message_);
+                   grpc::ByteBuffer* response)
+      : service_(service), context_(context), raw_response_(response) {
+    StartRead(&raw_message_);
   }
 
   void OnReadDone(bool ok) override {
@@ -103,6 +104,11 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<pb::FitWhiteningRe
   }
 
   absl::Status ConsumeMessage() {
+    message_.Clear();
+    if (absl::Status s = ParseRequest(raw_message_, &message_); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("message ", messages_seen_, ": ", s.message()));
+    }
+    ++messages_seen_;
     if (accumulator_ == nullptr) {
       if (absl::Status s = Configure(); !s.ok()) return s;
     } else if ((!message_.model().empty() && message_.model() != model_name_) ||
@@ -111,7 +117,7 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<pb::FitWhiteningRe
           "model and profile must not change between FitWhitening messages");
     }
     if (message_.texts_size() == 0) {
-      StartRead(&message_);
+      StartRead(&raw_message_);
       return absl::OkStatus();
     }
     if (message_.texts_size() > service_->deps().options->max_inputs_per_request) {
@@ -176,7 +182,7 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<pb::FitWhiteningRe
       }
     }
     // Only now ask for more: one message in flight bounds memory.
-    StartRead(&message_);
+    StartRead(&raw_message_);
   }
 
   void FinishFit() {
@@ -208,8 +214,9 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<pb::FitWhiteningRe
               {"profile", profile_name_},
               {"texts", absl::StrCat(texts_seen_)},
               {"k", absl::StrCat(info_.k)}});
-    FillWhiteningProfile(**profile, /*include_parameters=*/false, response_);
-    Finish(grpc::Status::OK);
+    pb::WhiteningProfile response;
+    FillWhiteningProfile(**profile, /*include_parameters=*/false, &response);
+    Finish(SerializeResponse(response, raw_response_));
   }
 
   void Fail(const absl::Status& status) {
@@ -221,8 +228,10 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<pb::FitWhiteningRe
 
   EmbeddingService* service_;
   grpc::CallbackServerContext* context_;
-  pb::WhiteningProfile* response_;
+  grpc::ByteBuffer* raw_response_;
+  grpc::ByteBuffer raw_message_;
   pb::FitWhiteningRequest message_;
+  int64_t messages_seen_ = 0;
   std::string model_name_, profile_name_;
   std::shared_ptr<const engine::LoadedModel> model_;
   WhiteningProfileInfo info_;
@@ -239,8 +248,8 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<pb::FitWhiteningRe
 
 }  // namespace
 
-grpc::ServerReadReactor<pb::FitWhiteningRequest>* EmbeddingService::FitWhitening(
-    grpc::CallbackServerContext* context, pb::WhiteningProfile* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* EmbeddingService::FitWhitening(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   return new FitWhiteningCall(this, context, response);
 }
 

@@ -125,6 +125,21 @@ class EmbeddingTest(unittest.TestCase):
                                timeout=60)
                 self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
                 self.assertIn("limit is 4", cm.exception.details())
+                # Invalid UTF-8 (only a raw client can send it): INVALID_ARGUMENT naming
+                # the input and the byte, not an opaque parse failure.
+                for method, request_cls in (("Embed", embedding_pb2.EmbedResponse),
+                                            ("Tokenize", embedding_pb2.TokenizeResponse)):
+                    raw = ch.unary_unary(f"/maskserve.v1.Embedding/{method}",
+                                         request_serializer=lambda x: x,
+                                         response_deserializer=request_cls.FromString)
+                    bad = b"ab\xff\xfecd"
+                    wire = (embedding_pb2.EmbedRequest(model="bert", texts=["fine"])
+                            .SerializeToString() + b"\x12" + bytes([len(bad)]) + bad)
+                    with self.assertRaises(grpc.RpcError) as cm:
+                        raw(wire, timeout=30)
+                    self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+                    self.assertEqual(cm.exception.details(),
+                                     "texts[1] is not valid UTF-8 at byte 2")
                 # Truncation on request turns the over-long input into 512 tokens.
                 r = stub.Embed(embedding_pb2.EmbedRequest(model="bert", texts=[long_text],
                                                           truncate=True), timeout=60)
