@@ -30,6 +30,9 @@ BUILD_PKGS=(
   # and grpc_python_plugin (Debian's python3-grpc-tools bundles protoc 3.5,
   # which predates proto3 `optional`)
   python3 python3-grpcio python3-protobuf
+  # deploy/ tests parse YAML (manifests, Helm chart, compose); the C++ client
+  # TLS test makes its certificates with the openssl command
+  python3-yaml openssl
   # libFuzzer targets and sanitizer runtimes
   clang libclang-rt-14-dev
   # process helpers used by integration tests
