@@ -45,11 +45,14 @@ def cli_flags():
     return absl_flags("client/cli/main.cc")
 
 
-def registered_metrics():
+def registered_metrics(with_labels=False):
     """{family name: 'counter'|'gauge'|'histogram'} registered anywhere in
     server/ (registry Add* calls with a literal or a named constant, and the
-    process collector's SingleValueFamily)."""
+    process collector's SingleValueFamily). With with_labels, the values are
+    (type, [label names]) instead."""
     out = {}
+    add = re.compile(r'\bAdd(Counter|Gauge|Histogram)\(\s*("\w+"|k\w+)\s*,\s*'
+                     r'((?:"(?:[^"\\]|\\.)*"\s*)+),\s*\{([^}]*)\}', re.S)
     for root, _, files in os.walk(src("server")):
         for name in files:
             if not name.endswith((".cc", ".h")):
@@ -57,14 +60,20 @@ def registered_metrics():
             with open(os.path.join(root, name)) as f:
                 text = f.read()
             consts = dict(re.findall(r'\b(k\w+)\s*=\s*"((?:maskserve|process)_\w+)"', text))
-            for kind, arg in re.findall(r"\bAdd(Counter|Gauge|Histogram)\(\s*(\"\w+\"|k\w+)", text):
+            for kind, arg, _, labels in add.findall(text):
                 metric = arg.strip('"') if arg.startswith('"') else consts.get(arg)
                 if metric:
-                    out[metric] = kind.lower()
+                    out[metric] = (kind.lower(), re.findall(r'"(\w+)"', labels))
+            # Registrations the pattern above cannot read (labels built at
+            # run time): type known, labels unknown (None).
+            for kind, arg in re.findall(r"\bAdd(Counter|Gauge|Histogram)\(\s*(\"\w+\"|k\w+)", text):
+                metric = arg.strip('"') if arg.startswith('"') else consts.get(arg)
+                if metric and metric not in out:
+                    out[metric] = (kind.lower(), None)
             for kind, metric in re.findall(
                     r'SingleValueFamily\(\s*MetricType::k(Counter|Gauge|Histogram)\s*,\s*"(\w+)"', text):
-                out[metric] = kind.lower()
-    return out
+                out[metric] = (kind.lower(), [])
+    return out if with_labels else {k: v[0] for k, v in out.items()}
 
 
 def run_tests():
