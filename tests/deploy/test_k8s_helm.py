@@ -300,6 +300,12 @@ class ManifestChecks:
                              if any(p["name"] == ep["port"] for p in s["spec"]["ports"])]
                 self.assertEqual(len(with_port), 1, "ServiceMonitor port must be on one Service")
                 self.assertEqual(ep["path"], "/metrics")
+                if any("service" in (labels or []) for _, labels in
+                       du.registered_metrics(with_labels=True).values()):
+                    self.assertIn({"action": "labeldrop", "regex": "service"},
+                                  ep.get("relabelings", []),
+                                  "the Operator's `service` target label would rename the "
+                                  "server's own `service` label")
                 sport = [p for p in with_port[0]["spec"]["ports"] if p["name"] == ep["port"]][0]
                 self.assertEqual(ports[sport["targetPort"]], metrics_port,
                                  "ServiceMonitor must scrape the metrics port")
