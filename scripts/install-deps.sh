@@ -39,6 +39,10 @@ BUILD_PKGS=(
   procps
 )
 
+# The Node.js client test (client/node) needs node and npm; the VMs carry
+# NodeSource's node, which Debian's nodejs package would conflict with.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then BUILD_PKGS+=(nodejs npm); fi
+
 RUNTIME_PKGS=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libdnnl2 libabsl20220623 libutf8proc2
   libsentencepiece0 libgomp1 libcpp-httplib0.11 ca-certificates
