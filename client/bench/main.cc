@@ -57,6 +57,9 @@ ABSL_FLAG(int, connections, 1, "TCP connections (requests are spread over them)"
 ABSL_FLAG(bool, json, false, "print one JSON object instead of text");
 ABSL_FLAG(std::string, tls_ca, "", "PEM root CA file (enables TLS)");
 ABSL_FLAG(std::string, token_file, "", "bearer token file");
+ABSL_FLAG(std::string, lb_policy, "",
+          "pick_first (default) or round_robin: load a whole Deployment through its "
+          "headless Service (dns:///maskserve-headless.NS.svc.cluster.local:50051)");
 
 namespace maskserve::client::bench {
 namespace {
@@ -222,6 +225,7 @@ int Main(int argc, char** argv) {
   client_options.max_retries = 0;
   client_options.tls_root_ca_file = absl::GetFlag(FLAGS_tls_ca);
   client_options.own_connection = absl::GetFlag(FLAGS_connections) > 1;
+  client_options.load_balancing_policy = absl::GetFlag(FLAGS_lb_policy);
   if (const std::string path = absl::GetFlag(FLAGS_token_file); !path.empty()) {
     std::ifstream in(path);
     if (!in) return Fail(absl::NotFoundError(absl::StrCat("cannot read '", path, "'")));

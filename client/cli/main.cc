@@ -4,7 +4,7 @@
 //
 // Global flags (absl flags, before or after the command): --target, --json,
 // --timeout_s, --tls, --tls_ca, --tls_cert, --tls_key, --tls_server_name,
-// --token_file, --request_id, --max_retries. Commands parse their own
+// --token_file, --request_id, --max_retries, --lb_policy. Commands parse their own
 // options (client/cli/arg_parser.h). Exit codes: 0 ok, 1 health not
 // SERVING, 2 any error ("error: <CODE>: <message>" on stderr).
 #include <cstdio>
@@ -35,6 +35,8 @@ ABSL_FLAG(std::string, token_file, "",
           "file holding a bearer token (sent as 'authorization: Bearer ...')");
 ABSL_FLAG(std::string, request_id, "", "x-request-id metadata for the call");
 ABSL_FLAG(int, max_retries, 3, "retries of idempotent calls on UNAVAILABLE");
+ABSL_FLAG(std::string, lb_policy, "",
+          "pick_first (default) or round_robin over every address the target resolves to");
 
 namespace maskserve::client::cli {
 namespace {
@@ -80,6 +82,8 @@ void PrintHelp(FILE* out) {
       "  --token_file=FILE     bearer token file (authorization metadata)\n"
       "  --request_id=ID       x-request-id metadata\n"
       "  --max_retries=N       retries on UNAVAILABLE for idempotent calls (default 3)\n"
+      "  --lb_policy=P         pick_first (default) or round_robin, e.g. over\n"
+      "                        dns:///maskserve-headless.NS.svc.cluster.local:50051\n"
       "\n'maskserve-cli <command> --help' lists a command's options.\n"
       "exit codes: 0 ok, 1 health not SERVING, 2 error.\n",
       out);
@@ -89,7 +93,7 @@ void PrintHelp(FILE* out) {
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "target", "timeout_s", "tls_ca", "tls_cert", "tls_key",
-      "tls_server_name", "token_file", "request_id", "max_retries"};
+      "tls_server_name", "token_file", "request_id", "max_retries", "lb_policy"};
   return *flags;
 }
 const std::set<std::string>& BoolFlags() {
@@ -171,6 +175,7 @@ int Main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_server_name_override = absl::GetFlag(FLAGS_tls_server_name);
   options.max_retries = absl::GetFlag(FLAGS_max_retries);
+  options.load_balancing_policy = absl::GetFlag(FLAGS_lb_policy);
   if (const std::string path = absl::GetFlag(FLAGS_token_file); !path.empty()) {
     std::ifstream in(path);
     if (!in) return Fail(absl::NotFoundError(absl::StrCat("cannot read token file '", path, "'")));

@@ -89,6 +89,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
           absl::StrCat("invalid metadata key '", key, "'"));
     }
   }
+  const std::string& lb = options.load_balancing_policy;
+  if (!lb.empty() && lb != "pick_first" && lb != "round_robin") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "load balancing policy must be pick_first or round_robin, got '", lb, "'"));
+  }
   auto creds = MakeCredentials(options);
   if (!creds.ok()) return creds.status();
 
@@ -98,6 +103,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
   if (!options.tls_server_name_override.empty()) {
     args.SetSslTargetNameOverride(options.tls_server_name_override);
   }
+  if (!lb.empty()) args.SetLoadBalancingPolicyName(lb);
   if (options.own_connection) {
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   }

@@ -57,6 +57,11 @@ struct ClientOptions {
   // Metadata added to every call, e.g. {"x-request-id", "..."}; keys are
   // sent lower-cased and must not start with "grpc-".
   std::vector<std::pair<std::string, std::string>> metadata;
+  // gRPC load-balancing policy over the addresses `target` resolves to:
+  // "" or "pick_first" (gRPC's default: one connection) or "round_robin"
+  // (a connection to every address, calls spread over them; use it with a
+  // Kubernetes headless Service, dns:///maskserve-headless.<ns>.svc:50051).
+  std::string load_balancing_policy;
   // Give this client its own TCP connection even when another Client in the
   // process targets the same server (load generators spreading load).
   bool own_connection = false;

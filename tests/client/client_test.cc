@@ -270,6 +270,34 @@ TEST(ClientTest, CreateRejectsBadOptions) {
   EXPECT_EQ(Client::Create(options).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(ClientTest, RoundRobinSpreadsCallsOverEveryAddress) {
+  // Two servers behind one target, as a headless Service's DNS name would
+  // resolve: round_robin must use both, pick_first only one.
+  FakeServer a, b;
+  ASSERT_TRUE(a.ok() && b.ok());
+  const std::string target = "ipv4:" + a.target() + "," + b.target();
+  for (const std::string policy : {"round_robin", "pick_first"}) {
+    a.models.list_calls = 0;
+    b.models.list_calls = 0;
+    ClientOptions options;
+    options.target = target;
+    options.load_balancing_policy = policy;
+    auto client = Client::Create(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    for (int i = 0; i < 20; ++i) ASSERT_TRUE((*client)->ListModels().ok()) << policy;
+    EXPECT_EQ(a.models.list_calls + b.models.list_calls, 20);
+    if (policy == "round_robin") {
+      EXPECT_GT(a.models.list_calls, 0);
+      EXPECT_GT(b.models.list_calls, 0);
+    } else {
+      EXPECT_TRUE(a.models.list_calls == 0 || b.models.list_calls == 0);
+    }
+  }
+  ClientOptions bad;
+  bad.load_balancing_policy = "least_request";
+  EXPECT_EQ(Client::Create(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(WhiteningJsonTest, RoundTripsExactly) {
   v1::WhiteningProfile p;
   p.set_model("m");
