@@ -49,6 +49,9 @@ ABSL_FLAG(int, max_queue_size, 4096,
 ABSL_FLAG(int64_t, kv_cache_bytes, 512ll << 20, "Paged KV-cache pool per generative model.");
 ABSL_FLAG(double, shutdown_grace_s, 30,
           "On SIGTERM/SIGINT, how long in-flight requests may take to finish.");
+ABSL_FLAG(double, max_connection_age_s, 0,
+          "Close client connections (GOAWAY) after this many seconds (0 = never), so that "
+          "clients balancing over a DNS name re-resolve it and find new replicas.");
 ABSL_FLAG(std::string, log_level, "info", "Minimum log level: debug, info, warn, error.");
 ABSL_FLAG(bool, reflection, true, "Serve gRPC server reflection.");
 
@@ -73,6 +76,7 @@ const char* const kFlagNames[] = {"bind",
                                   "max_queue_size",
                                   "kv_cache_bytes",
                                   "shutdown_grace_s",
+                                  "max_connection_age_s",
                                   "log_level",
                                   "reflection"};
 
@@ -253,6 +257,7 @@ absl::StatusOr<ServerOptions> ParseServerOptions(int argc, char** argv) {
   o.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
   o.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
   o.shutdown_grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
+  o.max_connection_age_s = absl::GetFlag(FLAGS_max_connection_age_s);
   o.log_level = absl::GetFlag(FLAGS_log_level);
   o.reflection = absl::GetFlag(FLAGS_reflection);
   o.cpu = DetectCpuBudget();
@@ -297,6 +302,9 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (o.max_queue_size < 1) return bad("max_queue_size", "must be >= 1");
   if (o.kv_cache_bytes < (1 << 20)) return bad("kv_cache_bytes", "must be >= 1 MiB");
   if (!(o.shutdown_grace_s >= 0)) return bad("shutdown_grace_s", "must be >= 0");
+  if (!(o.max_connection_age_s >= 0) || o.max_connection_age_s > 86400 * 365) {
+    return bad("max_connection_age_s", "must be in [0, 1 year]");
+  }
   return absl::OkStatus();
 }
 

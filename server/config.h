@@ -57,6 +57,10 @@ struct ServerOptions {
   int64_t kv_cache_bytes = 512ll << 20;
   // On SIGTERM/SIGINT: how long in-flight requests may take to finish.
   double shutdown_grace_s = 30;
+  // Close each client connection (GOAWAY) after this many seconds, 0 = never,
+  // so clients balancing over a headless Service re-resolve its DNS name and
+  // start using replicas added by scale-out.
+  double max_connection_age_s = 0;
   // Minimum log level: debug, info, warn, error.
   std::string log_level = "info";
   // Serve gRPC server reflection.

@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 
@@ -142,6 +143,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &s->grpc_port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(s->options_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(s->options_.max_message_bytes));
+  if (s->options_.max_connection_age_s > 0) {
+    // Calls in flight on a connection being aged out get as long to finish
+    // as they would get at shutdown.
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(std::min(s->options_.max_connection_age_s * 1e3,
+                                                         2147483647.0)));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               static_cast<int>(std::min(s->options_.shutdown_grace_s * 1e3,
+                                                         2147483647.0)));
+  }
   builder.RegisterService(s->models_service_.get());
   builder.RegisterService(s->embedding_service_.get());
   builder.RegisterService(s->generation_service_.get());

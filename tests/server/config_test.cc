@@ -46,6 +46,7 @@ TEST(ValidateServerOptionsTest, ErrorsNameTheFlag) {
       {[](ServerOptions* o) { o->max_queue_delay_us = -1; }, "--max_queue_delay_us"},
       {[](ServerOptions* o) { o->kv_cache_bytes = 10; }, "--kv_cache_bytes"},
       {[](ServerOptions* o) { o->shutdown_grace_s = -1; }, "--shutdown_grace_s"},
+      {[](ServerOptions* o) { o->max_connection_age_s = -1; }, "--max_connection_age_s"},
       {[](ServerOptions* o) {
          o->models = {{"a", "/x"}, {"a", "/y"}};
        },
