@@ -177,8 +177,11 @@ async function run(args) {
       try {
         const g = await unary(generation, 'Generate', request, args.timeout);
         const text = g.sequences[0].text;
+        // Unset sub-messages arrive as null (proto-loader fills only scalars).
+        const usage = g.usage || {completion_tokens: 0};
+        const tps = g.timing ? g.timing.tokens_per_second : 0;
         log(`generate ${genModel}: '${args.prompt}' -> '${text}' ` +
-            `(${g.usage.completion_tokens} tokens, ${g.timing.tokens_per_second.toFixed(1)} tokens/s)`);
+            `(${usage.completion_tokens} tokens, ${tps.toFixed(1)} tokens/s)`);
         // Server streaming: text deltas as they are decoded.
         const stream = await new Promise((resolve, reject) => {
           const pieces = [];
@@ -193,7 +196,7 @@ async function run(args) {
           call.on('end', () => resolve({pieces, finish}));
         });
         log(`stream ${genModel}: ${stream.pieces.length} messages, finish=${stream.finish}`);
-        summary.generate = {model: genModel, text, completion_tokens: g.usage.completion_tokens,
+        summary.generate = {model: genModel, text, completion_tokens: usage.completion_tokens,
                             stream_text: stream.pieces.join(''),
                             stream_messages: stream.pieces.length, stream_finish: stream.finish};
       } catch (err) {

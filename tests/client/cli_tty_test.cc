@@ -32,15 +32,17 @@ using ::testing::Not;
 // returns everything it wrote and its exit code.
 ProcessResult RunOnTerminal(const std::string& binary, const std::vector<std::string>& args) {
   ProcessResult result;
+  // Built before forking: the child of a multi-threaded process may only
+  // call async-signal-safe functions (no malloc) before exec.
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(binary.c_str()));
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
   int master = -1;
   const pid_t pid = forkpty(&master, nullptr, nullptr, nullptr);
   if (pid < 0) return result;
   if (pid == 0) {
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(binary.c_str()));
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(binary.c_str(), argv.data());
+    execv(argv[0], argv.data());
     _exit(127);
   }
   char buf[4096];
