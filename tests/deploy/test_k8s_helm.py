@@ -358,6 +358,54 @@ class K8sManifestsTest(unittest.TestCase, ManifestChecks):
         hpa = got[("HorizontalPodAutoscaler", "maskserve")]
         self.assertIn("Pods", [m["type"] for m in hpa["spec"]["metrics"]])
 
+    def test_real_server_accepts_the_deployment_flags_and_configmap(self):
+        """The Deployment's command line and the ConfigMap's JSON, given to
+        the built server (ports 0, loopback, temporary paths): it must parse
+        them and listen, then drain on SIGTERM and exit 0."""
+        import signal
+        import tempfile
+        import time
+        binary = os.path.join(du.BUILD_DIR, "server", "maskserve")
+        if not os.path.exists(binary):
+            self.skipTest(f"{binary} not built")
+        objs = by_key(k8s_objects(kustomization_resources()))
+        c = objs[("Deployment", "maskserve")]["spec"]["template"]["spec"]["containers"][0]
+        config = objs[("ConfigMap", "maskserve-config")]["data"]["config.json"]
+        tmp = tempfile.mkdtemp(prefix="maskserve-k8s-")
+        try:
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                f.write(config)
+            override = {"bind": "127.0.0.1", "port": "0", "metrics_port": "0",
+                        "config": os.path.join(tmp, "config.json"),
+                        "data_dir": os.path.join(tmp, "data")}
+            args = []
+            for a in c["args"]:
+                name = a[2:].split("=", 1)[0]
+                args.append(f"--{name}={override[name]}" if name in override else a)
+            proc = subprocess.Popen([binary] + args, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            try:
+                deadline = time.time() + 30
+                lines = []
+                while time.time() < deadline:
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    lines.append(line)
+                    if "event=listening" in line:
+                        break
+                self.assertTrue(any("event=listening" in l for l in lines),
+                                "server rejected the manifests' flags:\n" + "".join(lines))
+                proc.send_signal(signal.SIGTERM)
+                rest, _ = proc.communicate(timeout=60)
+                self.assertEqual(proc.returncode, 0, "".join(lines) + rest)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate(timeout=10)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def test_prometheus_adapter_rule_names_the_hpa_metric(self):
         with open(os.path.join(K8S, "prometheus-adapter-rules.yaml")) as f:
             rules = yaml.safe_load(f)["rules"]["custom"]
