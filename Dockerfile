@@ -2,8 +2,12 @@
 #   docker build -t maskserve .
 #   docker run -p 50051:50051 -p 9090:9090 -v /path/to/models:/models:ro maskserve \
 #       --model bert=/models/bert-base-uncased
+# Configuration: flags after the image name, MASKSERVE_<FLAG> environment
+# variables (-e MASKSERVE_MAX_BATCH_SIZE=64) or --config=/path/to/config.json.
 # The builder runs the same install script and Release build as `make serve`
 # and CI; the runtime stage carries only the shared libraries the binaries use.
+# tests/deploy/test_dockerfile.py keeps both in step with the Makefile, CMake
+# and scripts/install-deps.sh (no Docker engine runs in CI); deploy/README.md.
 
 FROM debian:12 AS builder
 WORKDIR /src
