@@ -145,8 +145,7 @@ class ManifestChecks:
             self.assertIn((o.get("apiVersion"), kind), KNOWN_KINDS, where)
             check_keys(self, o["metadata"], "metadata", where)
             self.assertRegex(name, r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", where)
-        for need in ("Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler",
-                     "PodDisruptionBudget"):
+        for need in ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget"):
             self.assertIn(need, kinds, label)
 
         deps = [o for (k, _), o in objs.items() if k == "Deployment"]
@@ -155,6 +154,11 @@ class ManifestChecks:
         where = f"{label}: Deployment"
         spec = dep["spec"]
         check_keys(self, spec, "DeploymentSpec", where)
+        # Either an HPA owns the replica count or the Deployment sets it;
+        # both would fight (every apply resets what the HPA chose).
+        has_hpa = "HorizontalPodAutoscaler" in kinds
+        self.assertNotEqual(has_hpa, "replicas" in spec,
+                            f"{where}: replicas must be set exactly when there is no HPA")
         pod_labels = spec["template"]["metadata"]["labels"]
         for k, v in spec["selector"]["matchLabels"].items():
             self.assertEqual(pod_labels.get(k), v, f"{where}: selector does not match the pod labels")
@@ -454,6 +458,7 @@ class HelmChartTest(unittest.TestCase, ManifestChecks):
         values = {"server": {"grpcPort": 6000, "metricsPort": 6001,
                              "config": {"shutdown_grace_s": 50}},
                   "terminationGracePeriodSeconds": 60, "replicaCount": 3,
+                  "autoscaling": {"enabled": False},
                   "image": {"repository": "registry.example/maskserve", "tag": "1.2.3"},
                   "models": {"persistentVolumeClaim": {"create": False,
                                                        "existingClaim": "my-models"}},
@@ -467,6 +472,7 @@ class HelmChartTest(unittest.TestCase, ManifestChecks):
         self.assertIn("--port=6000", c["args"])
         self.assertEqual(dep["spec"]["replicas"], 3)
         self.assertNotIn("PersistentVolumeClaim", {k for k, _ in objs})
+        self.assertNotIn("HorizontalPodAutoscaler", {k for k, _ in objs})
         vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         self.assertEqual(vols["models"]["persistentVolumeClaim"]["claimName"], "my-models")
 
