@@ -82,18 +82,30 @@ absl::StatusOr<GenerationPrompt> BuildGenerationPrompt(const GenerativeModel& mo
     case GenerationKind::kUnilm:
     case GenerationKind::kEncoderDecoder: {
       const bool unilm = model.kind() == GenerationKind::kUnilm;
-      const char* why = unilm ? "the model generates seq2seq with the UniLM mask; send source"
-                              : "the model is an encoder-decoder; send source";
-      if (absl::Status s = RejectField(!in.prompt.empty(), "prompt", why); !s.ok()) return s;
+      const char* why = unilm ? "the model generates seq2seq with the UniLM mask; send source text"
+                              : "the model is an encoder-decoder; send source text";
       if (absl::Status s = RejectField(!in.prompt_ids.empty(), "prompt_ids", why); !s.ok()) {
         return s;
       }
-      if (in.source.empty()) return absl::InvalidArgumentError("source must not be empty");
-      absl::StatusOr<const Tokenizer*> tok = NeedTokenizer(tokenizer, "source");
+      // A plain prompt is the source of a seq2seq model, so clients that only
+      // know `prompt` work with every model; naming both is ambiguous.
+      if (!in.prompt.empty() && !in.source.empty()) {
+        return absl::InvalidArgumentError(
+            "set either source or prompt, not both (for a seq2seq model the prompt is the source)");
+      }
+      const bool from_prompt = in.source.empty();
+      const std::string& source = from_prompt ? in.prompt : in.source;
+      const char* field = from_prompt ? "prompt" : "source";
+      if (source.empty()) {
+        return absl::InvalidArgumentError("source (or prompt) must not be empty");
+      }
+      absl::StatusOr<const Tokenizer*> tok = NeedTokenizer(tokenizer, field);
       if (!tok.ok()) return tok.status();
-      absl::StatusOr<Encoding> enc = (*tok)->Encode(in.source, true, TruncationOptions{});
-      if (!enc.ok()) return AtField(enc.status(), "source");
-      if (enc->ids.empty()) return absl::InvalidArgumentError("source produces no tokens");
+      absl::StatusOr<Encoding> enc = (*tok)->Encode(source, true, TruncationOptions{});
+      if (!enc.ok()) return AtField(enc.status(), field);
+      if (enc->ids.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, " produces no tokens"));
+      }
       if (unilm) {
         p.ids = std::move(enc->ids);
         prefix_length = static_cast<int>(p.ids.size());
@@ -105,7 +117,7 @@ absl::StatusOr<GenerationPrompt> BuildGenerationPrompt(const GenerativeModel& mo
         if (model.max_source_length() > 0 &&
             static_cast<int>(enc->ids.size()) > model.max_source_length()) {
           return absl::InvalidArgumentError(
-              absl::StrCat("source has ", enc->ids.size(), " tokens; the model takes at most ",
+              absl::StrCat(field, " has ", enc->ids.size(), " tokens; the model takes at most ",
                            model.max_source_length()));
         }
         p.source_ids = std::move(enc->ids);

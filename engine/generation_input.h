@@ -30,7 +30,7 @@ namespace maskserve::engine {
 
 // The request's input fields, as given.
 struct GenerationInput {
-  std::string prompt;               // decoder-only prompt text
+  std::string prompt;               // decoder-only prompt text (seq2seq: the source)
   std::vector<int32_t> prompt_ids;  // decoder-only pre-tokenised prompt (exclusive with prompt)
   std::string source;               // UniLM segment 0 / encoder input
   std::string target_prefix;        // forced start of the output

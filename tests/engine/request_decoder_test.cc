@@ -544,7 +544,7 @@ TEST_F(RequestDecoderTest, PromptBuildingPerKind) {
   cases.push_back({In("a", {4}), &model_, "prompt_ids"});
   cases.push_back({In("", {4, 400}), &model_, "prompt_ids[1] = 400"});
   cases.push_back({In("a", {}, "b"), &model_, "source"});
-  cases.push_back({In("a"), &unilm, "prompt"});
+  cases.push_back({In("a", {}, "b"), &unilm, "either source or prompt"});
   cases.push_back({In("", {4}, "b"), &unilm, "prompt_ids"});
   cases.push_back({GenerationInput{}, &unilm, "source"});
   MaskSpec bidi;
@@ -560,6 +560,12 @@ TEST_F(RequestDecoderTest, PromptBuildingPerKind) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
     EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.needle));
   }
+  // A prompt is a seq2seq model's source.
+  FakeBertTokenizer bert;
+  auto as_source = BuildGenerationPrompt(unilm, &bert, In("ab"));
+  ASSERT_TRUE(as_source.ok()) << as_source.status();
+  EXPECT_EQ(as_source->ids, (std::vector<int32_t>{2, 36, 1}));
+  EXPECT_EQ(as_source->mask.prefix_length, 3);
   auto no_tok = BuildGenerationPrompt(model_, nullptr, In("a"));
   EXPECT_EQ(no_tok.status().code(), absl::StatusCode::kFailedPrecondition);
 }
