@@ -9,7 +9,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <map>
+#include <random>
 #include <set>
 
 #include "engine/generation_input.h"
@@ -232,7 +234,9 @@ TEST_F(RequestDecoderTest, ProcessorsMatchReference) {
   std::set<std::pair<int, int>> seen;
   for (size_t i = 0; i + 1 < all.size(); ++i) {
     const bool fresh = seen.insert({all[i], all[i + 1]}).second;
-    if (i + 1 >= p.ids.size()) EXPECT_TRUE(fresh) << "bigram repeated at " << i;
+    if (i + 1 >= p.ids.size()) {
+      EXPECT_TRUE(fresh) << "bigram repeated at " << i;
+    }
   }
 }
 
@@ -644,6 +648,47 @@ TEST_F(RequestDecoderTest, ResourceExhaustedReservesNothing) {
   EXPECT_EQ(pool->Stats().blocks_used, 2);
   d->ReleaseKv(pool.get());
   EXPECT_EQ(pool->Stats().blocks_used, 0);
+}
+
+TEST(FastTokenLogProbTest, MatchesTokenLogProb) {
+  std::mt19937 rng(5);
+  for (int vocab : {1, 7, 8, 50257}) {
+    for (float scale : {0.1f, 5.0f, 60.0f}) {
+      std::normal_distribution<float> dist(0.0f, scale);
+      std::vector<float> row(vocab);
+      for (float& x : row) x = dist(rng);
+      if (vocab > 10) {
+        row[3] = -std::numeric_limits<float>::infinity();  // banned ids stay harmless
+        row[4] = -1e30f;
+      }
+      for (int t : {0, vocab / 2, vocab - 1}) {
+        EXPECT_NEAR(FastTokenLogProb(row, t), TokenLogProb(row, t), 1e-5f * (1 + scale))
+            << vocab << " " << scale << " " << t;
+      }
+      if (vocab > 10) {
+        EXPECT_EQ(FastTokenLogProb(row, 3), TokenLogProb(row, 3));
+      }
+    }
+  }
+  std::vector<float> all_banned(16, -std::numeric_limits<float>::infinity());
+  EXPECT_EQ(std::isnan(FastTokenLogProb(all_banned, 2)), std::isnan(TokenLogProb(all_banned, 2)));
+}
+
+TEST(FastArgmaxTest, MatchesArgmax) {
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int> small(-3, 3);
+  for (int vocab : {0, 1, 5, 8, 9, 1000, 50257}) {
+    for (int round = 0; round < 20; ++round) {
+      std::vector<float> row(vocab);
+      for (float& x : row) x = static_cast<float>(small(rng));  // many ties
+      if (vocab > 3 && round % 3 == 0) row[1] = std::nanf("");
+      if (vocab > 3 && round % 5 == 0) {
+        std::fill(row.begin(), row.end(), -std::numeric_limits<float>::infinity());
+      }
+      if (vocab > 3 && round % 7 == 0) std::fill(row.begin(), row.end(), std::nanf(""));
+      EXPECT_EQ(FastArgmax(row), Argmax(row)) << vocab << " " << round;
+    }
+  }
 }
 
 }  // namespace
