@@ -28,7 +28,16 @@ def server():
 
 def run_example(test, cmd, srv, timeout=120, cwd=None):
     """Runs an example client against srv; returns its parsed JSON summary."""
-    r = subprocess.run(cmd + ["--target", srv.target, "--json", "--timeout", "60"],
+    from maskserve.v1 import models_pb2, models_pb2_grpc
+    with srv.channel() as ch:
+        listed = models_pb2_grpc.ModelsStub(ch).ListModels(models_pb2.ListModelsRequest(),
+                                                           timeout=30).models
+    extra = []
+    if any(m.name == "stories" and m.state == models_pb2.MODEL_STATE_READY
+           and models_pb2.TASK_GENERATE in m.tasks for m in listed):
+        # Generate with the real causal LM rather than the demo BERT's UniLM mode.
+        extra = ["--generate-model", "stories"]
+    r = subprocess.run(cmd + ["--target", srv.target, "--json", "--timeout", "60"] + extra,
                        capture_output=True, text=True, timeout=timeout, cwd=cwd)
     test.assertEqual(r.returncode, 0, f"{cmd} failed:\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
     lines = [l for l in r.stdout.strip().split("\n") if l.strip()]
