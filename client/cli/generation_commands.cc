@@ -1,4 +1,5 @@
 // generate, paraphrase.
+#include <algorithm>
 #include <cstdio>
 #include <map>
 
@@ -170,12 +171,14 @@ int RunGenerate(CliContext& ctx, const Args& args) {
 int RunParaphrase(CliContext& ctx, const Args& args) {
   ArgParser parser("paraphrase --model M [options] TEXT...");
   std::string model, pooling;
-  int num_candidates = 8, top_k = 4, max_new_tokens = 32, sample_top_k = 0;
+  // top_k -1 = not given: min(4, num_candidates), so that
+  // `--num_candidates 2` alone is a valid request.
+  int num_candidates = 8, top_k = -1, max_new_tokens = 32, sample_top_k = 0;
   std::optional<float> temperature, top_p;
   std::optional<uint64_t> seed;
   parser.AddString("model", &model, "UniLM-capable model name (required)");
   parser.AddInt("num_candidates", &num_candidates, "candidates to sample (default 8)");
-  parser.AddInt("top_k", &top_k, "candidates to return (default 4)");
+  parser.AddInt("top_k", &top_k, "candidates to return (default min(4, num_candidates))");
   parser.AddInt("max_new_tokens", &max_new_tokens, "tokens per candidate (default 32)");
   parser.AddOptionalFloat("temperature", &temperature, "sampling temperature");
   parser.AddInt("sample_top_k", &sample_top_k, "sampling top-k (0 = off)");
@@ -192,7 +195,7 @@ int RunParaphrase(CliContext& ctx, const Args& args) {
   request.set_model(model);
   request.set_text(text);
   request.set_num_candidates(num_candidates);
-  request.set_top_k(top_k);
+  request.set_top_k(top_k >= 0 ? top_k : std::min(4, num_candidates));
   request.set_max_new_tokens(max_new_tokens);
   if (temperature) request.set_temperature(*temperature);
   request.set_sample_top_k(sample_top_k);
