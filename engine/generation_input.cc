@@ -116,9 +116,9 @@ absl::StatusOr<GenerationPrompt> BuildGenerationPrompt(const GenerativeModel& mo
       } else {
         if (model.max_source_length() > 0 &&
             static_cast<int>(enc->ids.size()) > model.max_source_length()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(field, " has ", enc->ids.size(), " tokens; the model takes at most ",
-                           model.max_source_length()));
+          return absl::InvalidArgumentError(absl::StrCat(field, " has ", enc->ids.size(),
+                                                         " tokens; the model takes at most ",
+                                                         model.max_source_length()));
         }
         p.source_ids = std::move(enc->ids);
         if (model.decoder_start_token_id() < 0) {

@@ -48,7 +48,12 @@ inline V8 ExpNonPositive(V8 x) {
   r = r - fx * -2.12194440e-4f;
   const V8 z = r * r;
   const V8 y = (((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r +
-                  4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f) * z +
+                  4.1665795894e-2f) *
+                     r +
+                 1.6666665459e-1f) *
+                    r +
+                5.0000001201e-1f) *
+                   z +
                r + 1.0f;
   const V8i n = __builtin_convertvector(fx, V8i);
   return y * std::bit_cast<V8>(static_cast<V8i>((n + 127) << 23));
@@ -157,9 +162,9 @@ absl::Status DecodeOptions::Validate(const GenerativeModel& model, int prompt_le
   }
   const int64_t total = int64_t{prompt_length} + max_new_tokens;
   if (model.max_sequence_length() > 0 && total > model.max_sequence_length()) {
-    return Invalid(absl::StrCat("the prompt has ", prompt_length, " tokens; with max_new_tokens = ",
-                                max_new_tokens, " that exceeds the model's maximum length ",
-                                model.max_sequence_length()));
+    return Invalid(absl::StrCat(
+        "the prompt has ", prompt_length, " tokens; with max_new_tokens = ", max_new_tokens,
+        " that exceeds the model's maximum length ", model.max_sequence_length()));
   }
   if (!(temperature > 0.0f) || !std::isfinite(temperature)) {
     return Invalid(absl::StrCat("temperature must be > 0, got ", temperature));
@@ -205,8 +210,8 @@ absl::Status DecodeOptions::Validate(const GenerativeModel& model, int prompt_le
       break;
   }
   if (static_cast<int>(stop.size()) > kMaxStopStrings) {
-    return Invalid(absl::StrCat("stop has ", stop.size(), " strings; the limit is ",
-                                kMaxStopStrings));
+    return Invalid(
+        absl::StrCat("stop has ", stop.size(), " strings; the limit is ", kMaxStopStrings));
   }
   for (size_t i = 0; i < stop.size(); ++i) {
     if (static_cast<int>(stop[i].size()) > kMaxStopStringBytes) {
@@ -225,9 +230,9 @@ absl::Status DecodeOptions::Validate(const GenerativeModel& model, int prompt_le
 }
 
 absl::StatusOr<std::unique_ptr<RequestDecoder>> RequestDecoder::Create(const GenerativeModel* model,
-                                                                      const Tokenizer* tokenizer,
-                                                                      GenerationPrompt prompt,
-                                                                      DecodeOptions options) {
+                                                                       const Tokenizer* tokenizer,
+                                                                       GenerationPrompt prompt,
+                                                                       DecodeOptions options) {
   if (model == nullptr) return absl::InvalidArgumentError("RequestDecoder: model is null");
   if (prompt.ids.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
   if (!prompt.type_ids.empty() && prompt.type_ids.size() != prompt.ids.size()) {
@@ -258,7 +263,10 @@ absl::StatusOr<std::unique_ptr<RequestDecoder>> RequestDecoder::Create(const Gen
 
 RequestDecoder::RequestDecoder(const GenerativeModel* model, const Tokenizer* tokenizer,
                                GenerationPrompt prompt, DecodeOptions options)
-    : model_(model), tokenizer_(tokenizer), prompt_(std::move(prompt)), options_(std::move(options)) {
+    : model_(model),
+      tokenizer_(tokenizer),
+      prompt_(std::move(prompt)),
+      options_(std::move(options)) {
   if (!options_.ignore_eos) stop_ids_ = model_->eos_token_ids();
   for (int32_t id : options_.stop_token_ids) {
     if (std::find(stop_ids_.begin(), stop_ids_.end(), id) == stop_ids_.end()) {
@@ -587,7 +595,8 @@ absl::Status RequestDecoder::AdvanceBeam(KvCachePool* pool, StepOutput* out) {
   scratch_.resize(static_cast<size_t>(rows) * vocab);
   for (int b = 0; b < rows; ++b) {
     Slot& s = slots_[b];
-    const absl::Span<float> row = absl::MakeSpan(scratch_).subspan(static_cast<size_t>(b) * vocab, vocab);
+    const absl::Span<float> row =
+        absl::MakeSpan(scratch_).subspan(static_cast<size_t>(b) * vocab, vocab);
     std::copy(s.logits.begin(), s.logits.end(), row.begin());
     s.logits.clear();
     s.has_logits = false;
@@ -696,7 +705,7 @@ absl::Status RequestDecoder::FinishBeam(KvCachePool* pool, StepOutput* out) {
         FinalText(absl::MakeConstSpan(g.ids).subspan(0, text_len), &stopped);
     if (!text.ok()) return text.status();
     g.text = std::move(*text);
-    g.finish = stopped              ? FinishReason::kStopString
+    g.finish = stopped               ? FinishReason::kStopString
                : h.finished_with_eos ? FinishReason::kStopToken
                                      : FinishReason::kLength;
     if (options_.logprobs) g.logprobs = h.transition_scores;

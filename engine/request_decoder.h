@@ -84,23 +84,23 @@ inline constexpr int kMaxStopStringBytes = 256;
 // and so do the messages of Validate.
 struct DecodeOptions {
   DecodeStrategy strategy = DecodeStrategy::kGreedy;  // how tokens are chosen
-  int max_new_tokens = 16;           // tokens to generate at most (>= 1)
-  int min_new_tokens = 0;            // stop conditions are ignored until this many exist
-  float temperature = 1.0f;          // SAMPLE: logits / temperature (> 0)
-  int top_k = 0;                     // SAMPLE: keep the k most likely (0 = off)
-  float top_p = 1.0f;                // SAMPLE: nucleus mass in (0, 1]
-  float repetition_penalty = 1.0f;   // HF/CTRL penalty (> 0; 1 = off)
-  int no_repeat_ngram_size = 0;      // ban repeated n-grams (0 = off)
-  int beam_width = 1;                // BEAM: beams kept per step (>= 1)
-  float length_penalty = 1.0f;       // BEAM: score = sum logprobs / length^length_penalty
-  bool early_stopping = false;       // BEAM: stop once beam_width hypotheses are finished
-  int num_return_sequences = 1;      // sequences returned (<= beam_width for BEAM)
-  std::vector<std::string> stop;     // stop strings (empty ones ignored)
+  int max_new_tokens = 16;                            // tokens to generate at most (>= 1)
+  int min_new_tokens = 0;               // stop conditions are ignored until this many exist
+  float temperature = 1.0f;             // SAMPLE: logits / temperature (> 0)
+  int top_k = 0;                        // SAMPLE: keep the k most likely (0 = off)
+  float top_p = 1.0f;                   // SAMPLE: nucleus mass in (0, 1]
+  float repetition_penalty = 1.0f;      // HF/CTRL penalty (> 0; 1 = off)
+  int no_repeat_ngram_size = 0;         // ban repeated n-grams (0 = off)
+  int beam_width = 1;                   // BEAM: beams kept per step (>= 1)
+  float length_penalty = 1.0f;          // BEAM: score = sum logprobs / length^length_penalty
+  bool early_stopping = false;          // BEAM: stop once beam_width hypotheses are finished
+  int num_return_sequences = 1;         // sequences returned (<= beam_width for BEAM)
+  std::vector<std::string> stop;        // stop strings (empty ones ignored)
   std::vector<int32_t> stop_token_ids;  // ids that end a sequence besides the model's EOS
-  uint64_t seed = 0;                 // SAMPLE: RNG seed (sequence i uses a seed derived from it)
-  bool logprobs = false;             // return per-token log-probabilities
-  bool ignore_eos = false;           // the model's EOS does not end a sequence
-  bool skip_special_tokens = true;   // drop special tokens from the text
+  uint64_t seed = 0;                    // SAMPLE: RNG seed (sequence i uses a seed derived from it)
+  bool logprobs = false;                // return per-token log-probabilities
+  bool ignore_eos = false;              // the model's EOS does not end a sequence
+  bool skip_special_tokens = true;      // drop special tokens from the text
 
   // INVALID_ARGUMENT naming the request field, e.g. "top_p must be in (0, 1],
   // got 1.5", or "prompt has 500 tokens; with max_new_tokens = 100 that
@@ -112,10 +112,10 @@ struct DecodeOptions {
 // What one Advance produced for one returned sequence (greedy / sample: each
 // step; beam: the final result only, as one delta per returned sequence).
 struct SequenceDelta {
-  int index = 0;                    // which returned sequence
-  std::string text;                 // new text (complete UTF-8 characters only)
-  std::vector<int32_t> ids;         // new token ids
-  std::vector<float> logprobs;      // their log-probs (when requested)
+  int index = 0;                              // which returned sequence
+  std::string text;                           // new text (complete UTF-8 characters only)
+  std::vector<int32_t> ids;                   // new token ids
+  std::vector<float> logprobs;                // their log-probs (when requested)
   FinishReason finish = FinishReason::kNone;  // set on the sequence's last delta
 };
 
@@ -139,11 +139,11 @@ int32_t FastArgmax(absl::Span<const float> scores);
 
 // One returned sequence.
 struct GeneratedSequence {
-  std::vector<int32_t> ids;          // generated ids (the prompt is not included)
-  std::string text;                  // their text (a stop string and what follows removed)
+  std::vector<int32_t> ids;  // generated ids (the prompt is not included)
+  std::string text;          // their text (a stop string and what follows removed)
   FinishReason finish = FinishReason::kNone;
-  std::vector<float> logprobs;       // per id, when requested
-  float score = 0.0f;                // sum of log-probs; BEAM: the length-penalised score
+  std::vector<float> logprobs;  // per id, when requested
+  float score = 0.0f;           // sum of log-probs; BEAM: the length-penalised score
 };
 
 class RequestDecoder {

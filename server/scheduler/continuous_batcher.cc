@@ -115,9 +115,8 @@ struct ContinuousBatcher::Metrics {
                                        {"model"});
     if (!secs.ok()) return secs.status();
     m->step_seconds = (*secs)->WithLabels(labels);
-    auto ttft = registry->AddHistogram(kTimeToFirstToken,
-                                       "Arrival to the first generated token of a request.",
-                                       {"model"});
+    auto ttft = registry->AddHistogram(
+        kTimeToFirstToken, "Arrival to the first generated token of a request.", {"model"});
     if (!ttft.ok()) return ttft.status();
     m->ttft = (*ttft)->WithLabels(labels);
     auto rejected = registry->AddCounter(
@@ -155,8 +154,9 @@ absl::StatusOr<std::unique_ptr<ContinuousBatcher>> ContinuousBatcher::Create(
   ko.head_dim = layout.head_dim;
   absl::StatusOr<std::unique_ptr<engine::KvCachePool>> pool = engine::KvCachePool::Create(ko);
   if (!pool.ok()) {
-    return absl::Status(pool.status().code(),
-                        absl::StrCat(what, "KV cache (--kv_cache_bytes): ", pool.status().message()));
+    return absl::Status(
+        pool.status().code(),
+        absl::StrCat(what, "KV cache (--kv_cache_bytes): ", pool.status().message()));
   }
   std::unique_ptr<ContinuousBatcher> b(
       new ContinuousBatcher(std::move(model), options, std::move(*pool)));
@@ -208,9 +208,9 @@ absl::StatusOr<GenerationHandle> ContinuousBatcher::Submit(
   if (stopping_) return absl::UnavailableError("the server is shutting down");
   if (queued_new_ >= options_.max_queue_size) {
     if (metrics_) metrics_->rejected_queue_full->Inc();
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "model '", options_.model, "' has ", queued_new_,
-        " generation requests waiting (--max_queue_size); retry later"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("model '", options_.model, "' has ", queued_new_,
+                     " generation requests waiting (--max_queue_size); retry later"));
   }
   r->id = next_id_++;
   const GenerationHandle handle{r->id};
@@ -236,9 +236,8 @@ ContinuousBatcher::Counts ContinuousBatcher::counts() const {
 
 void ContinuousBatcher::AwaitIdleForTesting() {
   std::unique_lock<std::mutex> lock(mu_);
-  idle_cv_.wait(lock, [this] {
-    return stopping_ || (idle_ && incoming_.empty() && cancels_.empty());
-  });
+  idle_cv_.wait(lock,
+                [this] { return stopping_ || (idle_ && incoming_.empty() && cancels_.empty()); });
 }
 
 void ContinuousBatcher::Loop() {

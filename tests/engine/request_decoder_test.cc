@@ -62,7 +62,7 @@ struct RunResult {
 
 // Drives one decoder to completion the way the scheduler does.
 RunResult Drive(RequestDecoder& d, const GenerativeModel& model, KvCachePool& pool,
-              const RunOptions& ro = {}) {
+                const RunOptions& ro = {}) {
   RunResult r;
   std::vector<RequestDecoder::PendingInput> pending;
   while (!d.done()) {
@@ -169,7 +169,8 @@ GeneratedSequence Reference(const FakeGenerativeModel& m, const Tokenizer* tok,
   return g;
 }
 
-void ExpectSame(const GeneratedSequence& got, const GeneratedSequence& want, const std::string& what) {
+void ExpectSame(const GeneratedSequence& got, const GeneratedSequence& want,
+                const std::string& what) {
   EXPECT_EQ(got.ids, want.ids) << what;
   EXPECT_EQ(got.text, want.text) << what;
   EXPECT_EQ(got.finish, want.finish) << what;
@@ -243,8 +244,8 @@ TEST_F(RequestDecoderTest, ProcessorsMatchReference) {
 TEST_F(RequestDecoderTest, ChunkedPrefillAndPreemptionGiveTheSameOutput) {
   std::vector<int32_t> prompt;
   for (int i = 0; i < 37; ++i) prompt.push_back(3 + (i * 7) % 30);
-  for (DecodeStrategy strategy : {DecodeStrategy::kGreedy, DecodeStrategy::kSample,
-                                  DecodeStrategy::kBeam}) {
+  for (DecodeStrategy strategy :
+       {DecodeStrategy::kGreedy, DecodeStrategy::kSample, DecodeStrategy::kBeam}) {
     DecodeOptions o;
     o.strategy = strategy;
     o.max_new_tokens = 20;
@@ -264,8 +265,9 @@ TEST_F(RequestDecoderTest, ChunkedPrefillAndPreemptionGiveTheSameOutput) {
       RunResult r = Drive(*Make(CausalPrompt(prompt), o), model_, *pool, ro);
       ASSERT_EQ(r.seqs.size(), base.seqs.size());
       for (size_t i = 0; i < r.seqs.size(); ++i) {
-        ExpectSame(r.seqs[i], base.seqs[i], absl::StrCat("strategy ", static_cast<int>(strategy),
-                                                          " chunk ", chunk, " seq ", i));
+        ExpectSame(
+            r.seqs[i], base.seqs[i],
+            absl::StrCat("strategy ", static_cast<int>(strategy), " chunk ", chunk, " seq ", i));
       }
     }
   }
@@ -614,7 +616,10 @@ TEST_F(RequestDecoderTest, OptionsNameTheField) {
        "beam_width"},
       {[](DecodeOptions& o) { o.num_return_sequences = 2; }, "num_return_sequences"},
       {[](DecodeOptions& o) { o.beam_width = 3; }, "beam_width"},
-      {[](DecodeOptions& o) { o.stop_token_ids = {3, 99}; }, "stop_token_ids[1] = 99"},
+      {[](DecodeOptions& o) {
+         o.stop_token_ids = {3, 99};
+       },
+       "stop_token_ids[1] = 99"},
       {[](DecodeOptions& o) { o.stop = std::vector<std::string>(17, "x"); }, "stop"},
   };
   for (const Case& c : cases) {

@@ -43,8 +43,7 @@ class ContinuousBatcherTest : public ::testing::Test {
 
   std::unique_ptr<ContinuousBatcher> MakeBatcher(int64_t blocks = 1024, int block_size = 4,
                                                  int max_step_tokens = 512,
-                                                 int64_t max_queue_size = 64,
-                                                 bool thread = false,
+                                                 int64_t max_queue_size = 64, bool thread = false,
                                                  const std::string& label = "fake") {
     ContinuousBatcherOptions o;
     o.model = label;
@@ -60,10 +59,10 @@ class ContinuousBatcherTest : public ::testing::Test {
     return std::move(*b);
   }
 
-  std::unique_ptr<engine::RequestDecoder> Decoder(std::vector<int32_t> prompt, int max_new,
-                                                  engine::DecodeStrategy strategy =
-                                                      engine::DecodeStrategy::kGreedy,
-                                                  int n = 1, uint64_t seed = 7) {
+  std::unique_ptr<engine::RequestDecoder> Decoder(
+      std::vector<int32_t> prompt, int max_new,
+      engine::DecodeStrategy strategy = engine::DecodeStrategy::kGreedy, int n = 1,
+      uint64_t seed = 7) {
     engine::GenerationPrompt p;
     p.ids = std::move(prompt);
     p.mask.kind = engine::MaskKind::kCausal;
@@ -308,9 +307,8 @@ TEST_F(ContinuousBatcherTest, BackpressureAndOversizedRequests) {
 TEST_F(ContinuousBatcherTest, TimingAndMetrics) {
   auto b = MakeBatcher();
   // Every model step takes 10 ms of fake time.
-  model_->SetHook([this](absl::Span<const engine::StepSequence>) {
-    clock_.Advance(absl::Milliseconds(10));
-  });
+  model_->SetHook(
+      [this](absl::Span<const engine::StepSequence>) { clock_.Advance(absl::Milliseconds(10)); });
   Submit(*b, "a", Decoder({5, 6, 7}, 5));
   clock_.Advance(absl::Milliseconds(40));  // queued before the first step
   RunUntilIdle(*b);

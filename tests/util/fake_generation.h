@@ -163,10 +163,10 @@ class FakeBertTokenizer final : public engine::Tokenizer {
 
 struct FakeModelOptions {
   engine::GenerationKind kind = engine::GenerationKind::kCausalLm;
-  int vocab_size = 40;                 // logits width
-  int max_sequence_length = 512;       // positions per sequence
-  std::vector<int32_t> eos = {1};      // default stop ids
-  float eos_bias = 0.0f;               // added to the EOS logit (makes EOS likelier)
+  int vocab_size = 40;             // logits width
+  int max_sequence_length = 512;   // positions per sequence
+  std::vector<int32_t> eos = {1};  // default stop ids
+  float eos_bias = 0.0f;           // added to the EOS logit (makes EOS likelier)
   // Logit scale: scores are uniform in [-scale, scale] from the hash.
   float scale = 4.0f;
 };
@@ -287,8 +287,7 @@ class FakeGenerativeModel final : public engine::GenerativeModel {
       const int n = static_cast<int>(s.tokens.size());
       if (*length != s.num_cached + n) {
         return absl::InvalidArgumentError(absl::StrCat("seqs[", b, "]: reserved ", *length,
-                                                       " positions, expected ",
-                                                       s.num_cached + n));
+                                                       " positions, expected ", s.num_cached + n));
       }
       if (s.num_cached + n > o_.max_sequence_length) {
         return absl::InvalidArgumentError(absl::StrCat("seqs[", b, "]: past the maximum length"));
@@ -303,8 +302,7 @@ class FakeGenerativeModel final : public engine::GenerativeModel {
         k[2 * t + 1] = s.type_ids.empty() ? 0.0f : static_cast<float>(s.type_ids[t]);
         v[2 * t] = static_cast<float>(s.num_cached + t);
       }
-      if (absl::Status w = pool->Write(s.kv_seq, 0, s.num_cached, n, k.data(), v.data());
-          !w.ok()) {
+      if (absl::Status w = pool->Write(s.kv_seq, 0, s.num_cached, n, k.data(), v.data()); !w.ok()) {
         return w;
       }
       if (!s.want_logits) continue;
@@ -318,8 +316,8 @@ class FakeGenerativeModel final : public engine::GenerativeModel {
         ids[t] = static_cast<int32_t>(all_k[2 * t]);
         types[t] = static_cast<int32_t>(all_k[2 * t + 1]);
         if (static_cast<int>(all_v[2 * t]) != t) {
-          return absl::InternalError(absl::StrCat("seqs[", b, "]: KV position ", t, " holds ",
-                                                  all_v[2 * t]));
+          return absl::InternalError(
+              absl::StrCat("seqs[", b, "]: KV position ", t, " holds ", all_v[2 * t]));
         }
       }
       absl::Span<const int32_t> source;
