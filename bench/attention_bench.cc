@@ -8,6 +8,7 @@
 #include "benchmark/benchmark.h"
 #include "engine/attention.h"
 #include "engine/attention_mask.h"
+#include "engine/kernels/cpu_features.h"
 
 namespace maskserve::engine {
 namespace {
@@ -68,6 +69,11 @@ void BM_FusedAttention(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(len) * state.iterations(),
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
+
+// Which tile kernels ran: MASKSERVE_ISA=avx2 compares the AVX2 ones on an
+// AVX-512 machine.
+const bool kIsaContext =
+    (benchmark::AddCustomContext("kernels", kernels::CpuFeatureSummary()), true);
 
 BENCHMARK(BM_FusedAttention)
     ->ArgNames({"mask", "L"})

@@ -55,6 +55,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/encoder.h"
 #include "engine/encoder_arch.h"
+#include "engine/kernels/cpu_features.h"
 #include "engine/onednn/engine_context.h"
 #include "engine/onednn/matmul_cache.h"
 #include "engine/onednn/packed_weight.h"
@@ -658,14 +659,29 @@ int main(int argc, char** argv) {
 
   const std::string date = Today();
   const std::string cpu = CpuModel();
-  std::fprintf(stderr, "encoder_bench %s | %s | oneDNN ISA %s, AMX-BF16 %s, AVX512-BF16 %s | threads %d\n",
+  std::fprintf(stderr,
+               "encoder_bench %s | %s | oneDNN ISA %s, AMX-BF16 %s, AVX512-BF16 %s | kernels %s | "
+               "threads %d\n",
                date.c_str(), cpu.c_str(), maskserve::engine::IsaDescription().c_str(),
                maskserve::engine::CpuHasAmxBf16() ? "yes" : "no",
-               maskserve::engine::CpuHasAvx512Bf16() ? "yes" : "no", threads);
+               maskserve::engine::CpuHasAvx512Bf16() ? "yes" : "no",
+               maskserve::engine::kernels::CpuFeatureSummary().c_str(), threads);
+  // BF16 needs an AVX-512 CPU (no BF16 matmul in oneDNN 2.6 on AVX2): measure
+  // what this machine can run rather than stop.
+  for (auto it = f.dtypes.begin(); it != f.dtypes.end();) {
+    if (absl::Status s = maskserve::engine::CheckMatmulDTypeSupported(*it); !s.ok()) {
+      std::fprintf(stderr, "skipping %s: %s\n", DTypeName(*it), std::string(s.message()).c_str());
+      it = f.dtypes.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (f.dtypes.empty()) Die("no dtype left to measure");
   if (f.json) {
     std::printf("%s\n", json({{"machine", cpu},
                               {"isa", maskserve::engine::IsaDescription()},
                               {"amx_bf16", maskserve::engine::CpuHasAmxBf16()},
+                              {"kernels", maskserve::engine::kernels::CpuFeatureSummary()},
                               {"threads", threads},
                               {"time", date}})
                             .dump()

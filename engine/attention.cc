@@ -1,7 +1,5 @@
 #include "engine/attention.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -10,177 +8,62 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/kernels/cpu_features.h"
+#include "engine/kernels/simd16.h"
 
 namespace maskserve::engine {
 namespace {
 
 constexpr int kBQ = kAttentionBlockQ;
 constexpr int kBK = kAttentionBlockK;
-// Keys per step of the score micro-kernel (8 keys x 2 vectors of 16 query
-// rows = 16 accumulators).
-constexpr int kKeyGroup = 8;
+// Most keys per step of the score micro-kernel (8 keys x 2 vectors of 16
+// query rows = 16 accumulators on AVX-512; fewer on AVX2, see
+// ScoreKeyGroup). Key/value pointer arrays are padded by this many rows.
+constexpr int kMaxKeyGroup = 8;
 static_assert(kBQ == 32, "the micro-kernels hold a query block in 2 vectors");
-static_assert(kBK % kKeyGroup == 0);
+static_assert(kBK % kMaxKeyGroup == 0);
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr __mmask16 kAllLanes = 0xFFFF;
 
-// GCC 12 warns (-Wmaybe-uninitialized) about the unmasked forms of these
-// intrinsics, whose pass-through operand is _mm512_undefined_ps(); the
-// zero-masking forms with every lane set compile to the same instruction.
-inline __m512 Max512(__m512 a, __m512 b) { return _mm512_maskz_max_ps(kAllLanes, a, b); }
-inline __m512 Min512(__m512 a, __m512 b) { return _mm512_maskz_min_ps(kAllLanes, a, b); }
+}  // namespace
+}  // namespace maskserve::engine
 
-// e^x, max rel. error ~2 ulp for x in [-87, 88]; anything below -87.3 (masked
-// scores are -inf) gives exactly 0 so masked pairs contribute nothing.
-inline __m512 Exp512(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.33654f);
-  const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
-  x = Min512(Max512(x, lo), _mm512_set1_ps(88.3762626647949f));
-  const __m512 n =
-      _mm512_maskz_roundscale_ps(kAllLanes, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_maskz_scalef_ps(live, p, n);
-}
+// The tile kernels, once per ISA (see engine/kernels/simd16.h).
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+namespace maskserve::engine::kernels::avx512 {
+namespace {
+#include "engine/attention_tiles.inc"
+}  // namespace
+}  // namespace maskserve::engine::kernels::avx512
+#pragma GCC pop_options
 
-// Scores of one tile, key-major: st[j * kBQ + i] = sum_c qt[c * kBQ + i] *
-// kp[j][c] for j < round_up(nk, kKeyGroup). Keeping queries in the vector
-// lanes lets keys be read straight from the cache (no transpose/pack) and
-// makes the softmax reductions over keys plain element-wise max/add.
-template <int NV>
-void ScoreTile(const float* qt, int d, const float* const* kp, int nk, float* st) {
-  for (int jb = 0; jb < nk; jb += kKeyGroup) {
-    const float* p[kKeyGroup];
-    for (int t = 0; t < kKeyGroup; ++t) p[t] = kp[jb + t];
-    __m512 a[kKeyGroup][NV];
-#pragma GCC unroll 8
-    for (int t = 0; t < kKeyGroup; ++t) {
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) a[t][v] = _mm512_setzero_ps();
-    }
-    for (int c = 0; c < d; ++c) {
-      __m512 qv[NV];
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) qv[v] = _mm512_loadu_ps(qt + c * kBQ + 16 * v);
-#pragma GCC unroll 8
-      for (int t = 0; t < kKeyGroup; ++t) {
-        const __m512 b = _mm512_set1_ps(p[t][c]);
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; ++v) a[t][v] = _mm512_fmadd_ps(b, qv[v], a[t][v]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int t = 0; t < kKeyGroup; ++t) {
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) {
-        _mm512_storeu_ps(st + (jb + t) * kBQ + 16 * v, a[t][v]);
-      }
-    }
-  }
-}
+namespace maskserve::engine::kernels::avx2 {
+namespace {
+#include "engine/attention_tiles.inc"
+}  // namespace
+}  // namespace maskserve::engine::kernels::avx2
 
-// Online-softmax update for one tile of key-major scores (keys j < nk):
-// turns st into probabilities relative to the new running max and returns in
-// corr the factor by which each row's previous accumulator must be scaled.
-template <int NV>
-void SoftmaxTile(float* st, int nk, float* m, float* l, float* corr) {
-  for (int v = 0; v < NV; ++v) {
-    __m512 tmax = _mm512_set1_ps(kNegInf);
-    for (int j = 0; j < nk; ++j) {
-      tmax = Max512(tmax, _mm512_loadu_ps(st + j * kBQ + 16 * v));
-    }
-    const __m512 mold = _mm512_loadu_ps(m + 16 * v);
-    const __m512 mnew = Max512(mold, tmax);
-    // Rows with nothing allowed yet keep m = -inf; subtracting 0 instead
-    // avoids inf - inf and still gives exp(-inf) = 0 for their scores.
-    const __mmask16 none = _mm512_cmp_ps_mask(mnew, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ);
-    const __m512 base = _mm512_mask_mov_ps(mnew, none, _mm512_setzero_ps());
-    const __m512 c = Exp512(_mm512_sub_ps(mold, base));
-    __m512 sum = _mm512_setzero_ps();
-    for (int j = 0; j < nk; ++j) {
-      float* s = st + j * kBQ + 16 * v;
-      const __m512 pj = Exp512(_mm512_sub_ps(_mm512_loadu_ps(s), base));
-      _mm512_storeu_ps(s, pj);
-      sum = _mm512_add_ps(sum, pj);
-    }
-    const __m512 lold = _mm512_loadu_ps(l + 16 * v);
-    _mm512_storeu_ps(l + 16 * v, _mm512_fmadd_ps(lold, c, sum));
-    _mm512_storeu_ps(m + 16 * v, mnew);
-    _mm512_storeu_ps(corr + 16 * v, c);
-  }
-}
+namespace maskserve::engine {
+namespace {
 
-// acc[i][cb + 16v ..] += sum_{j < nk} pt[j * kBQ + i] * vp[j][cb + 16v ..] for
-// rows i0..i0+3 and NV vectors of columns starting at cb.
-template <int NV>
-void PvChunk(const float* pt, const float* const* vp, int nk, int i0, int cb, int d, int dp,
-             float* acc) {
-  __mmask16 lanes[NV];
-  for (int v = 0; v < NV; ++v) {
-    const int left = std::clamp(d - (cb + 16 * v), 0, 16);
-    lanes[v] = static_cast<__mmask16>((1u << left) - 1u);
-  }
-  __m512 a[4][NV];
-#pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      a[r][v] = _mm512_loadu_ps(acc + (i0 + r) * dp + cb + 16 * v);
-    }
-  }
-  for (int j = 0; j < nk; ++j) {
-    __m512 vv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      vv[v] = _mm512_maskz_loadu_ps(lanes[v], vp[j] + cb + 16 * v);
-    }
-    const float* pj = pt + j * kBQ + i0;
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
-      const __m512 b = _mm512_set1_ps(pj[r]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) a[r][v] = _mm512_fmadd_ps(b, vv[v], a[r][v]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      _mm512_storeu_ps(acc + (i0 + r) * dp + cb + 16 * v, a[r][v]);
-    }
-  }
-}
+// Dispatch table of the tile kernels; index [NV - 1] where a kernel is
+// specialised for one or two vectors of 16 query rows.
+struct AttentionTiles {
+  void (*score[2])(const float* qt, int d, const float* const* kp, int nk, float* st);
+  void (*softmax[2])(float* st, int nk, float* m, float* l, float* corr);
+  void (*pv)(const float* pt, const float* const* vp, int nk, int nq4, int d, int dp,
+             const float* corr, float* acc);
+};
 
-void PvTile(const float* pt, const float* const* vp, int nk, int nq4, int d, int dp, float* acc) {
-  for (int i0 = 0; i0 < nq4; i0 += 4) {
-    for (int cb = 0; cb < dp; cb += 64) {
-      switch (std::min(4, (dp - cb) / 16)) {
-        case 1:
-          PvChunk<1>(pt, vp, nk, i0, cb, d, dp, acc);
-          break;
-        case 2:
-          PvChunk<2>(pt, vp, nk, i0, cb, d, dp, acc);
-          break;
-        case 3:
-          PvChunk<3>(pt, vp, nk, i0, cb, d, dp, acc);
-          break;
-        default:
-          PvChunk<4>(pt, vp, nk, i0, cb, d, dp, acc);
-          break;
-      }
-    }
-  }
-}
+constexpr AttentionTiles kTiles[kernels::kNumIsas] = {
+    {{kernels::avx2::ScoreTile<1>, kernels::avx2::ScoreTile<2>},
+     {kernels::avx2::SoftmaxTile<1>, kernels::avx2::SoftmaxTile<2>},
+     kernels::avx2::PvTile},
+    {{kernels::avx512::ScoreTile<1>, kernels::avx512::ScoreTile<2>},
+     {kernels::avx512::SoftmaxTile<1>, kernels::avx512::SoftmaxTile<2>},
+     kernels::avx512::PvTile},
+};
 
 // Per-thread buffers, sized once per call.
 struct Scratch {
@@ -189,8 +72,8 @@ struct Scratch {
         st(static_cast<size_t>(kBK) * kBQ),
         acc(static_cast<size_t>(kBQ) * dp),
         zero_row(static_cast<size_t>(dp), 0.0f),
-        kp(kBK + kKeyGroup),
-        vp(kBK + kKeyGroup) {}
+        kp(kBK + kMaxKeyGroup),
+        vp(kBK + kMaxKeyGroup) {}
   std::vector<float> qt;   // [d][kBQ] scaled queries, transposed
   std::vector<float> st;   // [kBK][kBQ] scores, then probabilities
   std::vector<float> acc;  // [kBQ][dp] unnormalised outputs
@@ -328,6 +211,7 @@ absl::Status FusedAttention(const AttentionOptions& options, const float* q, int
   }
 
   const int64_t num_work = static_cast<int64_t>(items.size()) * heads;
+  const AttentionTiles& tiles = kTiles[static_cast<int>(kernels::ActiveIsa())];
   std::atomic<bool> fetch_failed{false};
   int64_t full = 0;
   int64_t partial = 0;
@@ -386,17 +270,14 @@ absl::Status FusedAttention(const AttentionOptions& options, const float* q, int
           filled += cnt;
         }
         if (filled < nk) break;
-        for (int t = nk; t < kBK + kKeyGroup; ++t) {
+        for (int t = nk; t < kBK + kMaxKeyGroup; ++t) {
           sc.kp[t] = sc.zero_row.data();
           sc.vp[t] = sc.zero_row.data();
         }
 
         float* st = sc.st.data();
-        if (nq4 <= 16) {
-          ScoreTile<1>(sc.qt.data(), d, sc.kp.data(), nk, st);
-        } else {
-          ScoreTile<2>(sc.qt.data(), d, sc.kp.data(), nk, st);
-        }
+        const int nv = nq4 <= 16 ? 0 : 1;
+        tiles.score[nv](sc.qt.data(), d, sc.kp.data(), nk, st);
         if (state == BlockState::kPartial) {
           for (int j = 0; j < nk; ++j) {
             float* srow = st + j * kBQ;
@@ -405,18 +286,8 @@ absl::Status FusedAttention(const AttentionOptions& options, const float* q, int
             }
           }
         }
-        if (nq4 <= 16) {
-          SoftmaxTile<1>(st, nk, sc.m, sc.l, sc.corr);
-        } else {
-          SoftmaxTile<2>(st, nk, sc.m, sc.l, sc.corr);
-        }
-        for (int r = 0; r < nq4; ++r) {
-          const float c = sc.corr[r];
-          if (c == 1.0f) continue;
-          float* a = sc.acc.data() + r * dp;
-          for (int x = 0; x < dp; ++x) a[x] *= c;
-        }
-        PvTile(st, sc.vp.data(), nk, nq4, d, dp, sc.acc.data());
+        tiles.softmax[nv](st, nk, sc.m, sc.l, sc.corr);
+        tiles.pv(st, sc.vp.data(), nk, nq4, d, dp, sc.corr, sc.acc.data());
       }
 
       for (int r = 0; r < nq; ++r) {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/attention.h"
+#include "engine/kernels/cpu_features.h"
 #include "engine/kernels/norms.h"
 #include "engine/onednn/engine_context.h"
 #include "engine/onednn/matmul_cache.h"
@@ -141,6 +142,8 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Create(const ModelConfig& conf
 absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Create(const EncoderArch& arch,
                                                          const SafetensorsModel& w,
                                                          const EncoderOptions& options) {
+  if (absl::Status s = kernels::CheckCpuSupported(); !s.ok()) return s;
+  if (absl::Status s = CheckMatmulDTypeSupported(options.dtype); !s.ok()) return s;
   const EncoderArch& a = arch;
   if (a.hidden_size <= 0 || a.embedding_size <= 0 || a.num_layers <= 0 || a.num_heads <= 0 ||
       a.num_kv_heads <= 0 || a.head_dim <= 0 || a.intermediate_size <= 0 || a.vocab_size <= 0 ||

@@ -5,7 +5,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/encoder.h"
+#include "engine/kernels/cpu_features.h"
 #include "engine/model_config.h"
+#include "engine/onednn/engine_context.h"
+#include "engine/onednn/packed_weight.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/tokenizer_factory.h"
@@ -47,6 +50,12 @@ ModelDescription Describe(const ModelConfig& c, const SafetensorsModel& weights,
 
 }  // namespace
 
+ComputeDtype AutoComputeDtype() {
+  return CpuHasAmxBf16() && CheckMatmulDTypeSupported(MatmulDType::kBF16).ok()
+             ? ComputeDtype::kBFloat16
+             : ComputeDtype::kFloat32;
+}
+
 LoadedModel::LoadedModel(ModelDescription description, std::unique_ptr<ModelConfig> config,
                          std::unique_ptr<Tokenizer> tokenizer)
     : description_(std::move(description)),
@@ -63,6 +72,14 @@ LoadedModel::LoadedModel(ModelDescription description, std::unique_ptr<ModelConf
 LoadedModel::~LoadedModel() = default;
 
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::Load(const LoadOptions& options) {
+  // The CPU first: a clear error instead of SIGILL or oneDNN's "could not
+  // create a primitive descriptor" half-way through packing.
+  if (absl::Status s = kernels::CheckCpuSupported(); !s.ok()) return s;
+  if (absl::Status s = CheckMatmulDTypeSupported(
+          options.dtype == ComputeDtype::kBFloat16 ? MatmulDType::kBF16 : MatmulDType::kF32);
+      !s.ok()) {
+    return s;
+  }
   std::error_code ec;
   if (!std::filesystem::is_directory(options.path, ec)) {
     return absl::NotFoundError(

@@ -23,10 +23,17 @@ struct LoadOptions {
   ComputeDtype dtype = ComputeDtype::kFloat32;
 };
 
+// What `--dtype auto` means on this CPU: bfloat16 where oneDNN runs BF16
+// matmuls on AMX tiles (several times FP32's speed), else float32 (AVX2-only
+// CPUs have no BF16 matmul at all; see CheckMatmulDTypeSupported).
+ComputeDtype AutoComputeDtype();
+
 class LoadedModel {
  public:
   // Reads config, tokenizer and weights from options.path. Errors name the
-  // file (and tensor) at fault; nothing here crashes on corrupt input.
+  // file (and tensor) at fault; nothing here crashes on corrupt input. A CPU
+  // that cannot run the engine (no AVX2/FMA/F16C) or options.dtype
+  // (bfloat16 without AVX-512) fails first, with FailedPrecondition.
   static absl::StatusOr<std::unique_ptr<LoadedModel>> Load(const LoadOptions& options);
 
   // For tests and tools that assemble a model from parts.

@@ -62,7 +62,9 @@ absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> LoadModelForServing(
   }
   engine::LoadOptions lo;
   lo.path = spec.path;
+  // auto: bfloat16 where AMX runs it, else float32 (engine::AutoComputeDtype).
   lo.dtype = options.dtype == "bfloat16" ? engine::ComputeDtype::kBFloat16
+             : options.dtype == "auto"   ? engine::AutoComputeDtype()
                                          : engine::ComputeDtype::kFloat32;
   absl::StatusOr<std::unique_ptr<engine::LoadedModel>> model = engine::LoadedModel::Load(lo);
   if (!model.ok()) return model.status();

@@ -1,5 +1,6 @@
-// Elementwise activations on float32 buffers, AVX-512 vectorised and split
-// across SyncThreadCount() OpenMP threads for large buffers. Accuracy: within
+// Elementwise activations on float32 buffers, vectorised 16 lanes at a time
+// (AVX-512 or AVX2, whichever ActiveIsa() says; see cpu_features.h) and
+// split across SyncThreadCount() OpenMP threads for large buffers. Accuracy: within
 // ~1e-6 relative of a double-precision reference over the range where the
 // result is not vanishingly small (GELU tails are computed via erfc /
 // sigmoid, not 1 + erf / 1 + tanh, so they keep relative accuracy instead of
@@ -21,6 +22,10 @@ void Relu(float* x, size_t n);
 
 // x * sigmoid(x) (a.k.a. swish). In place.
 void Silu(float* x, size_t n);
+
+// e^x in place: the vector exp behind the activations (relative error
+// ~1e-7; exactly 0 for x <= -104 and +inf for x >= 88.73, where float ends).
+void Exp(float* x, size_t n);
 
 // out[i] = silu(gate[i]) * up[i]. out may alias gate or up.
 void SwiGlu(const float* gate, const float* up, float* out, size_t n);

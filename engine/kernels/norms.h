@@ -1,6 +1,7 @@
-// Row-wise normalisations over [rows, cols] float32 matrices, AVX-512
-// vectorised, rows split across SyncThreadCount() OpenMP threads when the
-// matrix is large enough to pay for the fork. Statistics are accumulated in
+// Row-wise normalisations over [rows, cols] float32 matrices, vectorised 16
+// lanes at a time (AVX-512 or AVX2 per ActiveIsa(), see cpu_features.h), rows
+// split across SyncThreadCount() OpenMP threads when the matrix is large
+// enough to pay for the fork. Statistics are accumulated in
 // float32 with a two-pass mean/variance, as PyTorch does on CPU.
 #pragma once
 

@@ -48,6 +48,7 @@ class ThreadBuffer {
 
 thread_local ThreadBuffer t_bf16_src;
 thread_local ThreadBuffer t_scratchpad;
+thread_local ThreadBuffer t_split_dst;
 
 }  // namespace
 
@@ -55,6 +56,11 @@ struct MatmulCache::Entry {
   dnnl::matmul prim;
   dnnl::memory::desc src_md, dst_md, scratch_md;
   bool reference = false;  // oneDNN picked its reference implementation
+  // The primitive leaves out the sum post-op: it writes act(xW + b) to a
+  // scratch buffer that Linear then adds to y. On AVX2 CPUs oneDNN 2.6's
+  // gemm:jit matmul takes an eltwise or a sum post-op but not eltwise then
+  // sum, and would fall back to the scalar reference kernel (~50x slower).
+  bool split_sum = false;
 };
 
 MatmulCache::MatmulCache(const MatmulCacheOptions& options) : options_(options) {}
@@ -97,23 +103,39 @@ absl::StatusOr<std::shared_ptr<const MatmulCache::Entry>> MatmulCache::GetOrCrea
     entry->src_md = dnnl::memory::desc({M, K}, sdt, tag::ab);
     entry->dst_md = dnnl::memory::desc({M, N}, dt::f32, tag::ab);
     const dnnl::memory::desc& w_md = w.impl().weights.get_desc();
-    dnnl::post_ops ops;
-    if (key.activation != static_cast<uint8_t>(FusedActivation::kNone)) {
-      const auto act = static_cast<FusedActivation>(key.activation);
-      ops.append_eltwise(1.0f, EltwiseAlg(act), act == FusedActivation::kSilu ? 1.0f : 0.0f, 0.0f);
-    }
-    if (key.accumulate) ops.append_sum(1.0f);
-    dnnl::primitive_attr attr;
-    attr.set_post_ops(ops);
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const bool has_act = key.activation != static_cast<uint8_t>(FusedActivation::kNone);
     const dnnl::matmul::desc desc =
         key.bias ? dnnl::matmul::desc(entry->src_md, w_md,
                                       dnnl::memory::desc({1, N}, dt::f32, tag::ab), entry->dst_md)
                  : dnnl::matmul::desc(entry->src_md, w_md, entry->dst_md);
-    const dnnl::matmul::primitive_desc pd(desc, attr, eng);
+    // post_ops is a shared handle: each description builds its own chain.
+    auto describe = [&](bool with_sum) {
+      dnnl::post_ops chain;
+      if (has_act) {
+        const auto act = static_cast<FusedActivation>(key.activation);
+        chain.append_eltwise(1.0f, EltwiseAlg(act), act == FusedActivation::kSilu ? 1.0f : 0.0f,
+                             0.0f);
+      }
+      if (with_sum) chain.append_sum(1.0f);
+      dnnl::primitive_attr attr;
+      attr.set_post_ops(chain);
+      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+      return dnnl::matmul::primitive_desc(desc, attr, eng);
+    };
+    auto is_reference = [](const dnnl::matmul::primitive_desc& p) {
+      return std::string(p.impl_info_str()).rfind("ref", 0) == 0;
+    };
+    dnnl::matmul::primitive_desc pd = describe(key.accumulate);
+    if (key.accumulate && has_act && is_reference(pd)) {
+      dnnl::matmul::primitive_desc unsummed = describe(false);
+      if (!is_reference(unsummed)) {
+        pd = unsummed;
+        entry->split_sum = true;
+      }
+    }
     entry->scratch_md = pd.scratchpad_desc();
     entry->prim = dnnl::matmul(pd);
-    entry->reference = std::string(pd.impl_info_str()).rfind("ref", 0) == 0;
+    entry->reference = is_reference(pd);
   } catch (const dnnl::error& e) {
     return absl::InternalError(absl::StrCat("MatmulCache: oneDNN matmul M=", key.m, " K=", key.k,
                                             " N=", key.n, ": ", e.what()));
@@ -174,7 +196,12 @@ absl::Status MatmulCache::Linear(const float* x, int M, const PackedLinear& w, f
       const Entry& e = **entry;
       dnnl::memory src_mem(e.src_md, eng,
                            const_cast<char*>(static_cast<const char*>(src)) + row * k * src_elem);
-      dnnl::memory dst_mem(e.dst_md, eng, y + row * n);
+      float* const y_rows = y + row * n;
+      const size_t chunk = static_cast<size_t>(key.m) * n;
+      float* const dst = e.split_sum
+                             ? static_cast<float*>(t_split_dst.Get(chunk * sizeof(float)))
+                             : y_rows;
+      dnnl::memory dst_mem(e.dst_md, eng, dst);
       // The C entry point takes a plain array: no per-call hash map.
       dnnl_exec_arg_t args[5];
       int nargs = 0;
@@ -190,6 +217,10 @@ absl::Status MatmulCache::Linear(const float* x, int M, const PackedLinear& w, f
       }
       dnnl::error::wrap_c_api(dnnl_primitive_execute(e.prim.get(), stream.get(), nargs, args),
                               "could not execute matmul");
+      if (e.split_sum) {
+        stream.wait();
+        for (size_t i = 0; i < chunk; ++i) y_rows[i] += dst[i];
+      }
       row += key.m;
     }
     stream.wait();

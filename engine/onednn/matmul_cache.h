@@ -15,7 +15,10 @@
 // the default 512-row chunk. Small-M brgemm runs close to large-M throughput
 // (weights stay in cache), so Linear measures within noise of one exact-M
 // primitive (`matmul_bench mclass`). The packed weight layout is not part of
-// the key: PackedLinear derives it from (K, N, dtype) alone.
+// the key: PackedLinear derives it from (K, N, dtype) alone. On AVX2-only
+// CPUs (gemm:jit) an activation followed by accumulate has no optimised
+// fused kernel; Linear then runs act(x W + b) into a per-thread buffer and
+// adds it to y itself rather than take oneDNN's scalar reference kernel.
 //
 // Thread safety: Linear may be called concurrently from any number of
 // threads. Primitive lookup is under a mutex; creation happens outside it;

@@ -17,11 +17,37 @@ using tag = dnnl::memory::format_tag;
 // works; 128 is a typical encoder batch x sequence.
 constexpr dnnl::memory::dim kRepresentativeM = 128;
 
+// Whether oneDNN creates a BF16 matmul here (tiny shape, weights in the
+// layout it prefers, as Create asks for).
+bool Bf16MatmulAvailable() {
+  try {
+    const dnnl::engine& eng = EngineContext::Default().engine();
+    const dnnl::matmul::desc desc(dnnl::memory::desc({1, 32}, dt::bf16, tag::ab),
+                                  dnnl::memory::desc({32, 32}, dt::bf16, tag::any),
+                                  dnnl::memory::desc({1, 32}, dt::f32, tag::ab));
+    const dnnl::matmul::primitive_desc pd(desc, eng);
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+
 }  // namespace
+
+absl::Status CheckMatmulDTypeSupported(MatmulDType dtype) {
+  if (dtype != MatmulDType::kBF16) return absl::OkStatus();
+  static const bool available = Bf16MatmulAvailable();
+  if (available) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "bfloat16 is not available on this CPU (oneDNN ISA ", IsaDescription(),
+      "): oneDNN 2.6 has BF16 matmuls only for AVX-512 CPUs (avx512_core and up; fast with "
+      "AVX512-BF16 or AMX). Use float32 (--dtype float32, or auto, which picks float32 here)"));
+}
 
 absl::StatusOr<PackedLinear> PackedLinear::Create(absl::Span<const float> weight, int in_features,
                                                   int out_features, absl::Span<const float> bias,
                                                   MatmulDType dtype, WeightLayout layout) {
+  if (absl::Status s = CheckMatmulDTypeSupported(dtype); !s.ok()) return s;
   if (in_features <= 0 || out_features <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("PackedLinear: bad shape in=", in_features, " out=", out_features));

@@ -10,8 +10,10 @@
 #include <vector>
 
 #include "engine/attention_mask.h"
+#include "engine/kernels/cpu_features.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/engine/isa_param.h"
 
 namespace maskserve::engine {
 namespace {
@@ -167,7 +169,10 @@ float MaxAbsDiff(const Problem& p, const std::vector<float>& a, const std::vecto
   return worst;
 }
 
-TEST(AttentionTest, FusedMatchesNaiveForEveryMaskKind) {
+// Every test runs on each kernel ISA this CPU supports (.../avx2, .../avx512).
+class AttentionTest : public maskserve::testing::IsaTest {};
+
+TEST_P(AttentionTest, FusedMatchesNaiveForEveryMaskKind) {
   std::mt19937 rng(2024);
   const int head_dims[] = {16, 32, 64, 80, 8, 40};
   int cases = 0;
@@ -280,7 +285,7 @@ class PagedKv final : public KvSource {
   std::vector<float> pool_;
 };
 
-TEST(AttentionTest, PagedKvSourceGivesIdenticalResults) {
+TEST_P(AttentionTest, PagedKvSourceGivesIdenticalResults) {
   std::mt19937 rng(99);
   AttentionOptions o;
   o.num_heads = 4;
@@ -301,7 +306,7 @@ TEST(AttentionTest, PagedKvSourceGivesIdenticalResults) {
   }
 }
 
-TEST(AttentionTest, LocalMaskCostsLinearBlocks) {
+TEST_P(AttentionTest, LocalMaskCostsLinearBlocks) {
   std::mt19937 rng(5);
   constexpr int kLen = 4096;
   constexpr int kWindow = 8;
@@ -331,7 +336,7 @@ TEST(AttentionTest, LocalMaskCostsLinearBlocks) {
   EXPECT_LE(MaxAbsDiff(p, fused, naive), kTolerance);
 }
 
-TEST(AttentionTest, BlockStatsFollowMaskShape) {
+TEST_P(AttentionTest, BlockStatsFollowMaskShape) {
   std::mt19937 rng(6);
   AttentionOptions o;
   o.num_heads = 2;
@@ -359,7 +364,7 @@ TEST(AttentionTest, BlockStatsFollowMaskShape) {
   EXPECT_LT(causal.blocks_computed(), bidi.blocks_computed() * 6 / 10);
 }
 
-TEST(AttentionTest, LogNScalingMultipliesScaleByLogRatio) {
+TEST_P(AttentionTest, LogNScalingMultipliesScaleByLogRatio) {
   std::mt19937 rng(11);
   AttentionOptions o;
   o.num_heads = 2;
@@ -414,7 +419,7 @@ TEST(AttentionTest, LogNScalingMultipliesScaleByLogRatio) {
   EXPECT_LE(seq1_vs_plain, 1e-6f);
 }
 
-TEST(AttentionTest, RowsWithoutAllowedKeysAreZero) {
+TEST_P(AttentionTest, RowsWithoutAllowedKeysAreZero) {
   std::mt19937 rng(3);
   AttentionOptions o;
   o.num_heads = 1;
@@ -435,7 +440,7 @@ TEST(AttentionTest, RowsWithoutAllowedKeysAreZero) {
   EXPECT_LE(MaxAbsDiff(p, out, naive), kTolerance);
 }
 
-TEST(AttentionTest, RejectsInconsistentArguments) {
+TEST_P(AttentionTest, RejectsInconsistentArguments) {
   std::mt19937 rng(4);
   AttentionOptions o;
   o.num_heads = 4;
@@ -464,6 +469,37 @@ TEST(AttentionTest, RejectsInconsistentArguments) {
   bad = p;
   bad.cu_q = {0, 8, 8};
   EXPECT_THAT(std::string(bad.Fused(out).message()), HasSubstr("cu_seqlens_q"));
+}
+
+MASKSERVE_INSTANTIATE_ISA_TESTS(AttentionTest);
+
+// The AVX2 and AVX-512 tile kernels on the same problems: both within the
+// fused-vs-naive tolerance of each other (they differ only in register
+// blocking, which does not change the order of any sum).
+TEST(AttentionCrossIsaTest, Avx2AndAvx512Agree) {
+  if (!kernels::IsaSupported(kernels::Isa::kAvx512)) {
+    GTEST_SKIP() << "this CPU has no AVX-512 (" << kernels::CpuFeatureSummary()
+                 << "): the AVX-512 tile kernels are not exercised here";
+  }
+  const kernels::Isa saved = kernels::ActiveIsa();
+  std::mt19937 rng(77);
+  AttentionOptions o;
+  o.num_heads = 4;
+  o.num_kv_heads = 2;
+  for (int d : {8, 40, 64, 80}) {
+    o.head_dim = d;
+    for (const NamedSpec& family : AllMaskFamilies()) {
+      const Problem p = MakeProblem(o, {{70, 70, 0}, {3, 130, 127}, {33, 33, 0}}, family.make, rng);
+      std::vector<float> a = p.NewOutput();
+      std::vector<float> z = p.NewOutput();
+      ASSERT_TRUE(kernels::SetActiveIsa(kernels::Isa::kAvx2).ok());
+      ASSERT_TRUE(p.Fused(a).ok());
+      ASSERT_TRUE(kernels::SetActiveIsa(kernels::Isa::kAvx512).ok());
+      ASSERT_TRUE(p.Fused(z).ok());
+      EXPECT_LE(MaxAbsDiff(p, a, z), 1e-6f) << family.name << " d " << d;
+    }
+  }
+  ASSERT_TRUE(kernels::SetActiveIsa(saved).ok());
 }
 
 }  // namespace

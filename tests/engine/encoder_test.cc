@@ -17,10 +17,12 @@
 #include "engine/demo_model.h"
 #include "engine/loaded_model.h"
 #include "engine/model_config.h"
+#include "engine/onednn/engine_context.h"
 #include "engine/safetensors.h"
 #include "engine/safetensors_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/engine/isa_param.h"
 #include "tests/util/test_env.h"
 
 namespace maskserve::engine {
@@ -616,6 +618,9 @@ TEST(EncoderTest, DefaultMasksAreBidirectionalAndTypesDefaultToZero) {
 }
 
 TEST(EncoderTest, Bf16CloseToReference) {
+  if (absl::Status s = CheckMatmulDTypeSupported(MatmulDType::kBF16); !s.ok()) {
+    GTEST_SKIP() << s.message();
+  }
   EncoderArch a = TinyArch();
   Built b = Build(a, "bert.", 63, MatmulDType::kBF16);
   ASSERT_NE(b.encoder, nullptr);
@@ -798,11 +803,22 @@ TEST(EncoderTest, ConcurrentEncodeIsIdentical) {
 TEST(EncoderTest, LoadedModelBuildsTheEncoderForTheDemoModel) {
   const std::string dir = maskserve::testing::MakeTempDir("encoder_demo");
   ASSERT_TRUE(WriteDemoModel(dir).ok());
+  std::string skipped;
   for (ComputeDtype dtype : {ComputeDtype::kFloat32, ComputeDtype::kBFloat16}) {
     LoadOptions lo;
     lo.path = dir;
     lo.dtype = dtype;
     absl::StatusOr<std::unique_ptr<LoadedModel>> model = LoadedModel::Load(lo);
+    if (dtype == ComputeDtype::kBFloat16 &&
+        !CheckMatmulDTypeSupported(MatmulDType::kBF16).ok()) {
+      // No BF16 matmuls on this CPU: the load fails up front, saying why.
+      ASSERT_FALSE(model.ok());
+      EXPECT_EQ(model.status().code(), absl::StatusCode::kFailedPrecondition);
+      EXPECT_THAT(model.status().message(), HasSubstr("bfloat16"));
+      EXPECT_THAT(model.status().message(), HasSubstr("AVX-512"));
+      skipped = std::string(model.status().message());
+      continue;
+    }
     ASSERT_TRUE(model.ok()) << model.status();
     const Encoder* enc = (*model)->encoder();
     ASSERT_NE(enc, nullptr);
@@ -822,7 +838,34 @@ TEST(EncoderTest, LoadedModelBuildsTheEncoderForTheDemoModel) {
     ASSERT_TRUE(out.ok()) << out.status();
     EXPECT_EQ(out->last_hidden_state.size(), 4u * DemoModelSpec::kHiddenSize);
   }
+  if (!skipped.empty()) GTEST_SKIP() << "float32 loaded; bfloat16 refused: " << skipped;
 }
+
+// --dtype auto: bfloat16 only where AMX runs it, float32 everywhere else
+// (in particular on AVX2-only CPUs, which have no BF16 matmul at all).
+TEST(EncoderTest, AutoDtypeIsFloat32WithoutAmx) {
+  const ComputeDtype dtype = AutoComputeDtype();
+  if (!CheckMatmulDTypeSupported(MatmulDType::kBF16).ok() || !CpuHasAmxBf16()) {
+    EXPECT_EQ(dtype, ComputeDtype::kFloat32);
+  } else {
+    EXPECT_EQ(dtype, ComputeDtype::kBFloat16);
+  }
+}
+
+// The tiny-model reference checks once more on every kernel ISA this CPU
+// runs (.../avx2, .../avx512): norms, activations and attention all switch.
+class EncoderIsaTest : public maskserve::testing::IsaTest {};
+
+TEST_P(EncoderIsaTest, MatchesReference) {
+  EXPECT_LE(CheckAgainstReference(TinyArch(), "bert.", 1), kFp32Tol);
+  EncoderArch a = TinyArch();
+  a.pre_layer_norm = true;
+  a.final_layer_norm = true;
+  a.activation = Act::kGeluTanh;
+  EXPECT_LE(CheckAgainstReference(a, "bert.", 3), kFp32Tol);
+}
+
+MASKSERVE_INSTANTIATE_ISA_TESTS(EncoderIsaTest);
 
 }  // namespace
 }  // namespace maskserve::engine
