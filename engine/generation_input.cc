@@ -148,6 +148,10 @@ absl::StatusOr<GenerationPrompt> BuildGenerationPrompt(const GenerativeModel& mo
   if (absl::Status s = p.mask.Validate(static_cast<int>(p.ids.size())); !s.ok()) return s;
   if (absl::Status s = model.ValidateMask(p.mask); !s.ok()) return s;
   p.prompt_tokens = static_cast<int>(p.ids.size() + p.source_ids.size());
+  p.text_context_ids.assign(p.ids.begin() + (model.kind() == GenerationKind::kUnilm
+                                                 ? std::min<size_t>(prefix_length, p.ids.size())
+                                                 : 0),
+                            p.ids.end());
   return p;
 }
 

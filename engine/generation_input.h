@@ -49,6 +49,11 @@ struct GenerationPrompt {
   int32_t generated_type_id = 0;
   // Encoder-decoder only: the encoder input.
   std::vector<int32_t> source_ids;
+  // What the output text continues, as detokeniser context: decoder-only,
+  // the prompt (so prompt + text reads as one text, a leading space
+  // included); seq2seq, only the target prefix (the output is a new segment,
+  // not a continuation of the source).
+  std::vector<int32_t> text_context_ids;
   // Attention pattern over the whole sequence, already checked by the model.
   MaskSpec mask;
   // Tokens of model input, for usage accounting (ids + source_ids).

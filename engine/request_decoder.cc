@@ -294,7 +294,7 @@ IncrementalDetokenizer RequestDecoder::MakeDetokenizer() const {
     if (tok == nullptr) return std::string();
     return tok->Decode(ids, skip);
   };
-  return IncrementalDetokenizer(std::move(fn), prompt_.ids);
+  return IncrementalDetokenizer(std::move(fn), prompt_.text_context_ids);
 }
 
 RequestDecoder::Slot RequestDecoder::NewPromptSlot() const {

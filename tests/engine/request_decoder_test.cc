@@ -472,6 +472,7 @@ TEST_F(RequestDecoderTest, UnilmPromptTypesAndMask) {
   EXPECT_EQ(p->mask.kind, MaskKind::kUnilm);
   EXPECT_EQ(p->mask.prefix_length, 4);
   EXPECT_EQ(p->generated_type_id, 1);
+  EXPECT_EQ(p->text_context_ids, (std::vector<int32_t>{27}));  // the target prefix only
   DecodeOptions o;
   o.max_new_tokens = 16;
   o.ignore_eos = true;
@@ -525,6 +526,7 @@ TEST_F(RequestDecoderTest, PromptBuildingPerKind) {
   auto p = BuildGenerationPrompt(model_, &bos_tok, in);
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->ids, (std::vector<int32_t>{2, 36, 3, 6}));  // BOS added by the tokenizer
+  EXPECT_EQ(p->text_context_ids, p->ids);                 // the text continues the prompt
   EXPECT_TRUE(p->type_ids.empty());
   EXPECT_EQ(p->mask.kind, MaskKind::kCausal);
   p = BuildGenerationPrompt(model_, &tok_, in);
