@@ -453,6 +453,7 @@ absl::StatusOr<StepOutput> RequestDecoder::Advance(KvCachePool* pool) {
   if (done_) return out;
   if (options_.strategy == DecodeStrategy::kBeam) {
     if (absl::Status s = AdvanceBeam(pool, &out); !s.ok()) return s;
+    out.done = done_;
     return out;
   }
   if (!expanded_) {
@@ -508,6 +509,7 @@ absl::StatusOr<StepOutput> RequestDecoder::Advance(KvCachePool* pool) {
     }
     ReleaseKv(pool);
   }
+  out.done = done_;
   return out;
 }
 

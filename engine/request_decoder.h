@@ -124,6 +124,8 @@ struct StepOutput {
   // Tokens chosen by this Advance over all sequences (beams included); 0
   // when the step only advanced a prefill.
   int new_tokens = 0;
+  // The request ended with this step (these are its last deltas).
+  bool done = false;
 };
 
 // The TokenSampler seed of sample `index` of a request seeded with `seed`

@@ -95,6 +95,7 @@ RunResult Drive(RequestDecoder& d, const GenerativeModel& model, KvCachePool& po
     auto out = d.Advance(&pool);
     EXPECT_TRUE(out.ok()) << out.status();
     if (!out.ok()) return r;
+    EXPECT_EQ(out->done, d.done());
     for (const SequenceDelta& delta : out->deltas) {
       EXPECT_TRUE(ValidUtf8(delta.text)) << delta.text;
       r.streamed[delta.index] += delta.text;
