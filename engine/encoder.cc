@@ -9,8 +9,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/attention.h"
+#include "engine/decode_attention.h"
+#include "engine/generation_step.h"
 #include "engine/kernels/cpu_features.h"
 #include "engine/kernels/norms.h"
+#include "engine/kv_cache.h"
 #include "engine/onednn/engine_context.h"
 #include "engine/onednn/matmul_cache.h"
 #include "engine/safetensors.h"
@@ -338,8 +341,8 @@ void Encoder::ApplyRotary(float* head, int position) const {
 
 absl::Status Encoder::RunLayer(const Layer& layer, int total, absl::Span<const int32_t> cu_seqlens,
                                absl::Span<const AttentionMask> masks,
-                               absl::Span<const int32_t> positions, float* x,
-                               float* scratch) const {
+                               absl::Span<const int32_t> positions, float* x, float* scratch,
+                               GenerationStep* step, KvCachePool* pool, int layer_index) const {
   const EncoderArch& a = arch_;
   const int H = a.hidden_size;
   const int qkv_width = q_width_ + 2 * kv_width_;
@@ -376,10 +379,26 @@ absl::Status Encoder::RunLayer(const Layer& layer, int total, absl::Span<const i
   ao.num_heads = a.num_heads;
   ao.num_kv_heads = a.num_kv_heads;
   ao.head_dim = a.head_dim;
-  if (absl::Status s =
-          FusedAttention(ao, qkv, qkv_width, qkv + q_width_, qkv_width, qkv + q_width_ + kv_width_,
-                         qkv_width, cu_seqlens, cu_seqlens, masks, ctx, q_width_);
-      !s.ok()) {
+  if (step != nullptr) {
+    // Cached: store this layer's new keys/values, then attend every cached
+    // and new key of each sequence in place.
+    if (absl::Status s =
+            step->WriteKv(pool, layer_index, qkv + q_width_, qkv + q_width_ + kv_width_, qkv_width);
+        !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<const KvSource*> kv = step->Kv(*pool, layer_index);
+    if (!kv.ok()) return kv.status();
+    const absl::Status s = IsDecodeStep(step->masks())
+                               ? DecodeAttention(ao, qkv, qkv_width, step->cu_seqlens(), **kv,
+                                                 step->masks(), ctx, q_width_)
+                               : FusedAttention(ao, qkv, qkv_width, step->cu_seqlens(), **kv,
+                                                step->masks(), ctx, q_width_);
+    if (!s.ok()) return s;
+  } else if (absl::Status s = FusedAttention(ao, qkv, qkv_width, qkv + q_width_, qkv_width,
+                                             qkv + q_width_ + kv_width_, qkv_width, cu_seqlens,
+                                             cu_seqlens, masks, ctx, q_width_);
+             !s.ok()) {
     return s;
   }
   if (a.pre_layer_norm) {
@@ -409,6 +428,42 @@ absl::Status Encoder::RunLayer(const Layer& layer, int total, absl::Span<const i
   }
   kernels::LayerNorm(tmp, x, layer.ffn_norm.gamma.data(), layer.ffn_norm.beta.data(),
                      a.layer_norm_eps, total, H, x);
+  return absl::OkStatus();
+}
+
+absl::Status Encoder::Embed(absl::Span<const int32_t> ids, absl::Span<const int32_t> type_ids,
+                            absl::Span<const int32_t> positions, float* x, float* scratch) const {
+  const EncoderArch& a = arch_;
+  const int H = a.hidden_size, E = a.embedding_size;
+  const size_t T = ids.size();
+  const int total = static_cast<int>(T);
+  // Embeddings: (word + token type) + position, as HF adds them, then
+  // LayerNorm, then RoFormer's projection to the hidden size if any.
+  float* emb = E == H ? x : scratch;
+  {
+    const size_t e = static_cast<size_t>(E);
+    const int nthr = ThreadsFor(T * e);
+#pragma omp parallel for num_threads(nthr) schedule(static) if (nthr > 1)
+    for (size_t t = 0; t < T; ++t) {
+      float* dst = emb + t * e;
+      const float* word = word_embeddings_.data() + static_cast<size_t>(ids[t]) * e;
+      std::memcpy(dst, word, e * sizeof(float));
+      if (!type_embeddings_.empty()) {
+        const int ty = type_ids.empty() ? 0 : type_ids[t];
+        const float* type = type_embeddings_.data() + static_cast<size_t>(ty) * e;
+        for (size_t c = 0; c < e; ++c) dst[c] += type[c];
+      }
+      if (!position_embeddings_.empty()) {
+        const float* pos = position_embeddings_.data() + static_cast<size_t>(positions[t]) * e;
+        for (size_t c = 0; c < e; ++c) dst[c] += pos[c];
+      }
+    }
+  }
+  kernels::LayerNorm(emb, nullptr, embedding_norm_.gamma.data(), embedding_norm_.beta.data(),
+                     a.layer_norm_eps, total, E, emb);
+  if (E != H) {
+    return MatmulCache::Global().Linear(emb, total, embeddings_project_, x, PostOp{.bias = true});
+  }
   return absl::OkStatus();
 }
 
@@ -522,36 +577,8 @@ absl::StatusOr<EncoderOutput> Encoder::Encode(const EncoderBatch& batch) const {
   out.last_hidden_state.resize(T * H);
   float* x = out.last_hidden_state.data();
 
-  // Embeddings: (word + token type) + position, as HF adds them, then
-  // LayerNorm, then RoFormer's projection to the hidden size if any.
-  float* emb = E == H ? x : scratch;
-  {
-    const size_t e = static_cast<size_t>(E);
-    const int nthr = ThreadsFor(T * e);
-#pragma omp parallel for num_threads(nthr) schedule(static) if (nthr > 1)
-    for (size_t t = 0; t < T; ++t) {
-      float* dst = emb + t * e;
-      const float* word = word_embeddings_.data() + static_cast<size_t>(batch.token_ids[t]) * e;
-      std::memcpy(dst, word, e * sizeof(float));
-      if (!type_embeddings_.empty()) {
-        const int ty = batch.type_ids.empty() ? 0 : batch.type_ids[t];
-        const float* type = type_embeddings_.data() + static_cast<size_t>(ty) * e;
-        for (size_t c = 0; c < e; ++c) dst[c] += type[c];
-      }
-      if (!position_embeddings_.empty()) {
-        const float* pos = position_embeddings_.data() + static_cast<size_t>(positions[t]) * e;
-        for (size_t c = 0; c < e; ++c) dst[c] += pos[c];
-      }
-    }
-  }
-  kernels::LayerNorm(emb, nullptr, embedding_norm_.gamma.data(), embedding_norm_.beta.data(),
-                     a.layer_norm_eps, total, E, emb);
-  if (E != H) {
-    if (absl::Status s =
-            MatmulCache::Global().Linear(emb, total, embeddings_project_, x, PostOp{.bias = true});
-        !s.ok()) {
-      return s;
-    }
+  if (absl::Status s = Embed(batch.token_ids, batch.type_ids, positions, x, scratch); !s.ok()) {
+    return s;
   }
 
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -568,26 +595,90 @@ absl::StatusOr<EncoderOutput> Encoder::Encode(const EncoderBatch& batch) const {
 }
 
 absl::StatusOr<std::vector<float>> Encoder::MlmLogits(const float* hidden, int rows) const {
+  std::vector<float> logits(static_cast<size_t>(std::max(rows, 0)) * arch_.vocab_size);
+  if (absl::Status s = MlmLogits(hidden, rows, logits.data()); !s.ok()) return s;
+  return logits;
+}
+
+absl::Status Encoder::MlmLogits(const float* hidden, int rows, float* logits) const {
   if (!has_mlm_head()) {
     return absl::FailedPreconditionError("the checkpoint has no MLM head");
   }
-  if (rows < 0 || (rows > 0 && hidden == nullptr)) {
-    return absl::InvalidArgumentError("MlmLogits: bad rows / hidden");
+  if (rows < 0 || (rows > 0 && (hidden == nullptr || logits == nullptr))) {
+    return absl::InvalidArgumentError("MlmLogits: bad rows / hidden / logits");
   }
+  if (rows == 0) return absl::OkStatus();
   const int E = arch_.embedding_size;
-  std::vector<float> t(static_cast<size_t>(rows) * E);
-  if (absl::Status s = LinearAct(hidden, rows, mlm_.transform, t.data(), mlm_act_); !s.ok()) {
+  float* t = t_scratch.Get(static_cast<size_t>(rows) * E);
+  if (absl::Status s = LinearAct(hidden, rows, mlm_.transform, t, mlm_act_); !s.ok()) {
     return s;
   }
-  kernels::LayerNorm(t.data(), nullptr, mlm_.norm.gamma.data(), mlm_.norm.beta.data(),
-                     arch_.layer_norm_eps, rows, E, t.data());
-  std::vector<float> logits(static_cast<size_t>(rows) * arch_.vocab_size);
-  if (absl::Status s = MatmulCache::Global().Linear(t.data(), rows, mlm_.decoder, logits.data(),
-                                                    PostOp{.bias = true});
+  kernels::LayerNorm(t, nullptr, mlm_.norm.gamma.data(), mlm_.norm.beta.data(),
+                     arch_.layer_norm_eps, rows, E, t);
+  return MatmulCache::Global().Linear(t, rows, mlm_.decoder, logits, PostOp{.bias = true});
+}
+
+KvLayout Encoder::kv_layout() const {
+  return KvLayout{arch_.num_layers, arch_.num_kv_heads, arch_.head_dim};
+}
+
+absl::Status Encoder::EncodeStep(GenerationStep& step, KvCachePool* pool,
+                                 float* last_hidden) const {
+  const EncoderArch& a = arch_;
+  if (pool == nullptr) return absl::InvalidArgumentError("EncodeStep: pool must not be null");
+  const int total = step.num_tokens();
+  const size_t T = static_cast<size_t>(total);
+  const int H = a.hidden_size, E = a.embedding_size;
+  const int type_rows = std::max(a.type_vocab_size, 1);
+  const absl::Span<const int32_t> rows_out = step.logit_rows();
+  if (!rows_out.empty() && last_hidden == nullptr) {
+    return absl::InvalidArgumentError("EncodeStep: last_hidden must not be null");
+  }
+
+  // x | embedding-table positions | clamped type ids live in the step's
+  // scratch; the layers use this thread's encoder scratch.
+  const size_t x_floats = (T * H + 15) / 16 * 16;
+  absl::StatusOr<float*> buf = step.Scratch(x_floats + 2 * T + 16);
+  if (!buf.ok()) return buf.status();
+  float* x = *buf;
+  int32_t* table_pos = reinterpret_cast<int32_t*>(x + x_floats);
+  int32_t* types = table_pos + T;
+  const absl::Span<const int32_t> pos = step.positions();
+  const absl::Span<const int32_t> ty = step.type_ids();
+  const int offset = a.positions == EncoderArch::Positions::kRotary ? 0 : a.position_offset;
+  for (size_t t = 0; t < T; ++t) {
+    // RoBERTa: padding_idx + 1 + position (position_offset = padding_idx + 1).
+    table_pos[t] = pos[t] + offset;
+    types[t] = std::min(ty[t], type_rows - 1);
+  }
+  const absl::Span<const int32_t> emb_pos(table_pos, T);
+  const int qkv_width = q_width_ + 2 * kv_width_;
+  float* scratch =
+      t_scratch.Get(T * (static_cast<size_t>(std::max(qkv_width, a.intermediate_size)) + q_width_ +
+                         std::max(H, E)));
+  if (absl::Status s =
+          Embed(step.token_ids(), absl::Span<const int32_t>(types, T), emb_pos, x, scratch);
       !s.ok()) {
     return s;
   }
-  return logits;
+  // Rotary angles use the absolute position itself.
+  const absl::Span<const int32_t> layer_pos =
+      a.positions == EncoderArch::Positions::kRotary ? pos : emb_pos;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (absl::Status s = RunLayer(layers_[l], total, step.cu_seqlens(), step.masks(), layer_pos, x,
+                                  scratch, &step, pool, static_cast<int>(l));
+        !s.ok()) {
+      return s;
+    }
+  }
+  for (size_t r = 0; r < rows_out.size(); ++r) {
+    std::memcpy(last_hidden + r * H, x + static_cast<size_t>(rows_out[r]) * H, H * sizeof(float));
+  }
+  if (!final_norm_.gamma.empty() && !rows_out.empty()) {
+    kernels::LayerNorm(last_hidden, nullptr, final_norm_.gamma.data(), final_norm_.beta.data(),
+                       a.layer_norm_eps, static_cast<int>(rows_out.size()), H, last_hidden);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace maskserve::engine

@@ -18,6 +18,14 @@
 // "lm_head.*" (RoBERTa). Pre-LN stacks (not an HF BERT variant, but what a
 // config with normalize_before asks for) reuse the two per-layer LayerNorms
 // in front of attention / FFN, and the final norm is "<prefix>encoder.LayerNorm".
+//
+// EncodeStep is the KV-cached forward used for UniLM generation: a packed
+// GenerationStep whose new tokens sit at absolute positions num_cached.. of
+// their sequences attend the keys/values cached in a KvCachePool plus each
+// other, and write their own. It is exact (equal to Encode over the whole
+// sequence) whenever no earlier position attends a later one across step
+// boundaries, which GenerationStep::Prepare enforces (UNILM with the whole
+// segment-0 source in the first step, CAUSAL, causal compositions).
 #pragma once
 
 #include <cstdint>
@@ -29,10 +37,13 @@
 #include "absl/types/span.h"
 #include "engine/attention_mask.h"
 #include "engine/encoder_arch.h"
+#include "engine/generative_model.h"
 #include "engine/onednn/packed_weight.h"
 
 namespace maskserve::engine {
 
+class GenerationStep;
+class KvCachePool;
 class SafetensorsModel;
 struct ModelConfig;
 
@@ -87,6 +98,21 @@ class Encoder {
   // decoder(LayerNorm(act(dense(h)))) + bias, as [rows, vocab_size].
   // FailedPrecondition without an MLM head.
   absl::StatusOr<std::vector<float>> MlmLogits(const float* hidden, int rows) const;
+  // The same into logits[rows * vocab_size] (no allocation once warm).
+  absl::Status MlmLogits(const float* hidden, int rows, float* logits) const;
+
+  // What a KvCachePool must hold for EncodeStep: every layer's K and V.
+  KvLayout kv_layout() const;
+  // KV-cached forward over a prepared step (see the file comment): embeds the
+  // new tokens at their absolute positions (RoBERTa: padding_idx + 1 +
+  // position, i.e. pad ids inside a sequence are not skipped as HF's
+  // create_position_ids_from_input_ids would), runs every layer with
+  // attention over the pool (writing the new keys/values of every layer),
+  // and stores the final hidden state of each step.logit_rows() row in
+  // last_hidden [rows, hidden_size]. Type ids past the checkpoint's segment
+  // table (RoBERTa has one row) use its last row: the segment then lives in
+  // the mask only. Thread-safe for distinct sequences.
+  absl::Status EncodeStep(GenerationStep& step, KvCachePool* pool, float* last_hidden) const;
 
   const EncoderArch& arch() const { return arch_; }
   int hidden_size() const { return arch_.hidden_size; }
@@ -113,9 +139,18 @@ class Encoder {
     PackedLinear decoder;    // tied word embeddings + cls.predictions.bias
   };
   Encoder() = default;
+  // One layer over `total` packed rows. Attention runs over the rows
+  // themselves (cu_seqlens / masks), or, when `step` is given, over the KV
+  // cache: the rows' keys/values are written into `pool` as layer
+  // `layer_index` first, and the step's masks and row offsets apply.
   absl::Status RunLayer(const Layer& layer, int total, absl::Span<const int32_t> cu_seqlens,
                         absl::Span<const AttentionMask> masks, absl::Span<const int32_t> positions,
-                        float* x, float* scratch) const;
+                        float* x, float* scratch, GenerationStep* step = nullptr,
+                        KvCachePool* pool = nullptr, int layer_index = 0) const;
+  // Word + type + position embeddings, LayerNorm and projection of `total`
+  // tokens into x [total, hidden_size]; `scratch` holds total * embedding_size.
+  absl::Status Embed(absl::Span<const int32_t> ids, absl::Span<const int32_t> type_ids,
+                     absl::Span<const int32_t> positions, float* x, float* scratch) const;
   // Rotates one head_dim-wide head in place for sequence position `position`.
   void ApplyRotary(float* head, int position) const;
 

@@ -14,8 +14,9 @@
 // layer live in a paged KvCachePool owned by the caller; the model reads the
 // cached positions and writes the new ones. That is valid for every mask a
 // generating model accepts, because none lets an earlier position attend a
-// later one (CAUSAL, UNILM, and their LOCAL / DILATED / STRIDED compositions
-// with `causal`), so cached keys/values never change.
+// later one across a step boundary (CAUSAL and its LOCAL / DILATED /
+// STRIDED compositions never; UNILM only inside the segment-0 prefix, which
+// is fed in one step), so cached keys/values never change.
 #pragma once
 
 #include <cstdint>
@@ -72,7 +73,11 @@ struct StepSequence {
   absl::Span<const int32_t> type_ids;
   // Attention pattern over the whole sequence (absolute positions). The
   // model's natural mask when the request gave none; UNILM carries
-  // prefix_length = source length. Must pass ValidateMask.
+  // prefix_length = source length (or segment_ids of at least num_cached +
+  // tokens.size() positions; later ones are ignored). Must pass
+  // ValidateMask. Under UNILM the segment-0 positions attend each other, so
+  // the whole segment-0 prefix must arrive in one step: Forward rejects a
+  // step that ends inside it or a cached prefix that a later step extends.
   MaskSpec mask;
   // Return the logits of the last new token (false for the first chunks of
   // a chunked prefill).

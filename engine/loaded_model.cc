@@ -4,7 +4,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/causal_lm.h"
+#include "engine/causal_lm_arch.h"
 #include "engine/encoder.h"
+#include "engine/generation_config.h"
+#include "engine/generative_model.h"
 #include "engine/kernels/cpu_features.h"
 #include "engine/model_config.h"
 #include "engine/onednn/engine_context.h"
@@ -12,12 +16,17 @@
 #include "engine/safetensors.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/tokenizer_factory.h"
+#include "engine/unilm_model.h"
 
 namespace maskserve::engine {
 namespace {
 
 bool IsEncoderFamily(ModelFamily f) {
   return f == ModelFamily::kBert || f == ModelFamily::kRoberta || f == ModelFamily::kRoformer;
+}
+
+bool IsCausalLmFamily(ModelFamily f) {
+  return f == ModelFamily::kGpt2 || f == ModelFamily::kLlama || f == ModelFamily::kGptNeox;
 }
 
 ModelDescription Describe(const ModelConfig& c, const SafetensorsModel& weights,
@@ -69,6 +78,15 @@ LoadedModel::LoadedModel(ModelDescription description, std::unique_ptr<ModelConf
       tokenizer_(std::move(tokenizer)),
       encoder_(std::move(encoder)) {}
 
+LoadedModel::LoadedModel(ModelDescription description, std::unique_ptr<ModelConfig> config,
+                         std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<Encoder> encoder,
+                         std::unique_ptr<GenerativeModel> generator)
+    : description_(std::move(description)),
+      config_(std::move(config)),
+      tokenizer_(std::move(tokenizer)),
+      encoder_(std::move(encoder)),
+      generator_(std::move(generator)) {}
+
 LoadedModel::~LoadedModel() = default;
 
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::Load(const LoadOptions& options) {
@@ -92,17 +110,55 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::Load(const LoadOptions
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(options.path);
   if (!tokenizer.ok()) return tokenizer.status();
   ModelDescription description = Describe(*config, **weights, options.dtype);
+  const MatmulDType mdt =
+      options.dtype == ComputeDtype::kBFloat16 ? MatmulDType::kBF16 : MatmulDType::kF32;
   std::unique_ptr<Encoder> encoder;
+  std::unique_ptr<GenerativeModel> generator;
   if (IsEncoderFamily(config->family)) {
     EncoderOptions eo;
-    eo.dtype = options.dtype == ComputeDtype::kBFloat16 ? MatmulDType::kBF16 : MatmulDType::kF32;
+    eo.dtype = mdt;
     absl::StatusOr<std::unique_ptr<Encoder>> e = Encoder::Create(*config, **weights, eo);
     if (!e.ok()) return e.status();
     encoder = std::move(*e);
+    if (encoder->has_mlm_head()) {
+      // UniLM seq2seq on the same packed weights; a target ends at [SEP].
+      UnilmModelOptions uo;
+      if (*tokenizer != nullptr && (*tokenizer)->special_ids().sep.has_value()) {
+        uo.eos_token_ids.push_back(*(*tokenizer)->special_ids().sep);
+      }
+      absl::StatusOr<std::unique_ptr<UnilmModel>> u = UnilmModel::Create(encoder.get(), uo);
+      if (!u.ok()) return u.status();
+      generator = std::move(*u);
+      description.tasks.push_back(ModelTask::kGenerate);
+    }
+  } else if (IsCausalLmFamily(config->family)) {
+    absl::StatusOr<CausalLmArch> arch = CausalLmArchFromConfig(*config);
+    if (!arch.ok()) {
+      return absl::Status(arch.status().code(),
+                          absl::StrCat(options.path, "/config.json: ", arch.status().message()));
+    }
+    CausalLmOptions co;
+    co.dtype = mdt;
+    absl::StatusOr<std::optional<GenerationConfig>> gen = LoadGenerationConfig(options.path);
+    if (!gen.ok()) return gen.status();
+    if (gen->has_value() && (*gen)->eos_token_ids.has_value()) {
+      for (int64_t id : *(*gen)->eos_token_ids) {
+        if (id < 0 || id >= arch->vocab_size) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(options.path, "/generation_config.json: eos_token_id ", id,
+                           " is outside the vocabulary [0, ", arch->vocab_size, ")"));
+        }
+        co.eos_token_ids.push_back(static_cast<int32_t>(id));
+      }
+    }
+    absl::StatusOr<std::unique_ptr<CausalLm>> lm = CausalLm::Create(*arch, **weights, co);
+    if (!lm.ok()) return lm.status();
+    generator = std::move(*lm);
+    description.tasks.push_back(ModelTask::kGenerate);
   }
-  return std::make_unique<LoadedModel>(std::move(description),
-                                       std::make_unique<ModelConfig>(std::move(*config)),
-                                       std::move(*tokenizer), std::move(encoder));
+  return std::make_unique<LoadedModel>(
+      std::move(description), std::make_unique<ModelConfig>(std::move(*config)),
+      std::move(*tokenizer), std::move(encoder), std::move(generator));
 }
 
 }  // namespace maskserve::engine

@@ -1,7 +1,14 @@
-// A model checkpoint loaded and ready to serve: its description, tokenizer
-// and (as the engine grows) its encoder / generator. Immutable after Load
+// A model checkpoint loaded and ready to serve: its description, tokenizer,
+// encoder (embeddings) and generator (text generation). Immutable after Load
 // and shared by every request that uses it, so it is safe to use from many
 // threads at once.
+//
+// What Load builds, by config.json model_type:
+//   bert / roberta / roformer   Encoder (task EMBED); when the checkpoint has
+//                               an MLM head also a UnilmModel on the same
+//                               Encoder (task GENERATE), eos = [SEP]
+//   gpt2 / llama / gpt_neox     CausalLm (task GENERATE only); eos from
+//                               generation_config.json, else config.json
 #pragma once
 
 #include <memory>
@@ -13,6 +20,7 @@
 namespace maskserve::engine {
 
 class Encoder;
+class GenerativeModel;
 class Tokenizer;
 struct ModelConfig;
 
@@ -41,6 +49,10 @@ class LoadedModel {
               std::unique_ptr<Tokenizer> tokenizer);
   LoadedModel(ModelDescription description, std::unique_ptr<ModelConfig> config,
               std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<Encoder> encoder);
+  // `generator` may borrow `encoder` (UnilmModel): it is destroyed first.
+  LoadedModel(ModelDescription description, std::unique_ptr<ModelConfig> config,
+              std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<Encoder> encoder,
+              std::unique_ptr<GenerativeModel> generator);
   ~LoadedModel();
 
   const ModelDescription& description() const { return description_; }
@@ -51,12 +63,17 @@ class LoadedModel {
   // The BERT-family forward pass (bert / roberta / roformer), packed in
   // description().dtype; null for other families.
   const Encoder* encoder() const { return encoder_.get(); }
+  // The step model that generates text (CausalLm, or UnilmModel sharing
+  // encoder()'s weights), packed in description().dtype; null when the
+  // model cannot generate (then description().tasks lacks GENERATE).
+  const GenerativeModel* generator() const { return generator_.get(); }
 
  private:
   ModelDescription description_;
   std::unique_ptr<ModelConfig> config_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Encoder> encoder_;
+  std::unique_ptr<GenerativeModel> generator_;  // declared last: may borrow encoder_
 };
 
 }  // namespace maskserve::engine

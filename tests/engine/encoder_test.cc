@@ -827,8 +827,10 @@ TEST(EncoderTest, LoadedModelBuildsTheEncoderForTheDemoModel) {
     EXPECT_TRUE(enc->has_mlm_head());
     EXPECT_EQ(enc->hidden_size(), DemoModelSpec::kHiddenSize);
     EXPECT_EQ(enc->max_sequence_length(), (*model)->description().max_sequence_length);
-    ASSERT_EQ((*model)->description().tasks.size(), 1u);
-    EXPECT_EQ((*model)->description().tasks[0], ModelTask::kEmbed);
+    // The demo model has an MLM head: it embeds and (UniLM) generates.
+    EXPECT_EQ((*model)->description().tasks,
+              (std::vector<ModelTask>{ModelTask::kEmbed, ModelTask::kGenerate}));
+    EXPECT_NE((*model)->generator(), nullptr);
     const std::vector<int32_t> ids = {2, 10, 11, 3};
     const std::vector<int32_t> cu = {0, 4};
     EncoderBatch batch;
