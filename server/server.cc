@@ -133,7 +133,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   deps.whitening = s->whitening_.get();
   deps.metrics = &s->metrics_registry_;
   s->embedding_service_ = std::make_unique<EmbeddingService>(deps);
-  s->generation_service_ = std::make_unique<GenerationService>(s->registry_.get(), &s->options_);
+  GenerationService::Deps gdeps;
+  gdeps.registry = s->registry_.get();
+  gdeps.options = &s->options_;
+  gdeps.pool = s->cpu_pool_.get();
+  gdeps.embedding = s->embedding_service_.get();
+  gdeps.metrics = &s->metrics_registry_;
+  s->generation_service_ = std::make_unique<GenerationService>(gdeps);
 
   grpc::EnableDefaultHealthCheckService(true);
   if (s->options_.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
