@@ -22,8 +22,9 @@ namespace maskserve::engine {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-// Below this many multiply-adds a call runs on the calling thread only.
-constexpr int64_t kParallelMin = int64_t{1} << 15;
+// Below this many multiply-adds a call runs on the calling thread only
+// (waking a passive OpenMP team costs tens of us).
+constexpr int64_t kParallelMin = int64_t{1} << 18;
 
 inline float HSum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -35,8 +35,10 @@ namespace {
 
 constexpr int kP = PanelLinear::kPanel;
 constexpr int kRowsPerTile = 6;  // 6 x 2 accumulators + 2 weights + 1 broadcast <= 16 ymm
-// Below this many multiply-adds a call runs on the calling thread only.
-constexpr int64_t kParallelMin = int64_t{1} << 17;
+// Below this many multiply-adds (~10 us on one core) a call runs on the
+// calling thread only: waking a passive OpenMP team costs tens of us, which
+// dominated the steps of small models (stories260K at 16 sequences).
+constexpr int64_t kParallelMin = int64_t{1} << 20;
 
 float* AlignedFloats(size_t n) {
   const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
