@@ -96,14 +96,16 @@ void ModelRegistry::SetDraining() {
   draining_ = true;
 }
 
+absl::Status ModelRegistry::AcceptingWork() const {
+  absl::MutexLock lock(&mu_);
+  if (draining_) {
+    return absl::UnavailableError("the server is shutting down; retry on another replica");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> ModelRegistry::GetReady(
     const std::string& name) const {
-  {
-    absl::MutexLock lock(&mu_);
-    if (draining_) {
-      return absl::UnavailableError("the server is shutting down; retry on another replica");
-    }
-  }
   absl::StatusOr<ModelSnapshot> snap = Get(name);
   if (!snap.ok()) return snap.status();
   switch (snap->state) {

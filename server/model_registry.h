@@ -60,12 +60,19 @@ class ModelRegistry {
 
   // A READY model for serving a request: NOT_FOUND when unknown, UNAVAILABLE
   // while loading, FAILED_PRECONDITION (with the load error) when failed.
+  // Answers the same while draining: a call admitted before the drain (see
+  // AcceptingWork) may still resolve its model from a worker thread.
   absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> GetReady(
       const std::string& name) const;
 
-  // From now on GetReady answers UNAVAILABLE ("shutting down"): new model
-  // work is refused while in-flight work drains.
+  // From now on AcceptingWork answers UNAVAILABLE ("shutting down"): new
+  // calls are refused while the calls already admitted drain.
   void SetDraining();
+
+  // OK, or UNAVAILABLE once draining. Handlers call it first thing, on the
+  // gRPC thread that received the call, so the admit-or-refuse decision is
+  // made when the call arrives, not when a worker thread gets to it.
+  absl::Status AcceptingWork() const;
 
   // True once no model is LOADING.
   bool AllSettled() const;

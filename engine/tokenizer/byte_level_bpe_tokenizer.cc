@@ -184,6 +184,9 @@ absl::StatusOr<std::vector<std::pair<std::string, int32_t>>> ParseVocabJson(
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("vocab.json: ", e.what()));
   }
+  // A byte-level BPE needs at least its 256 byte symbols; an empty table is a
+  // damaged file, and would turn every input into out-of-vocabulary pieces.
+  if (vocab.empty()) return absl::InvalidArgumentError("vocab.json: no tokens");
   return vocab;
 }
 

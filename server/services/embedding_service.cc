@@ -72,6 +72,10 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
         start_(absl::Now()) {}
 
   void Start() {
+    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
     absl::Status queued = service_->deps().pool->Submit([this] { Prepare(); });
     if (!queued.ok()) Finish(ToGrpcStatus(queued));
   }
@@ -388,6 +392,10 @@ grpc::ServerUnaryReactor* EmbeddingService::Tokenize(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* EmbeddingService::RunOnPool(grpc::CallbackServerContext* context,
                                                       std::function<absl::Status()> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = deps_.registry->AcceptingWork(); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
   absl::Status queued = deps_.pool->Submit(
       [reactor, work = std::move(work)] { reactor->Finish(ToGrpcStatus(work())); });
   if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));

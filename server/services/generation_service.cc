@@ -135,6 +135,11 @@ class GenerateCall final : public grpc::ServerUnaryReactor {
         start_(absl::Now()) {}
 
   void Start() {
+    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+      life_.Release();
+      Finish(ToGrpcStatus(s));
+      return;
+    }
     absl::Status queued = service_->deps().pool->Submit([this] {
       Prepare();
       if (life_.Release()) delete this;
@@ -236,6 +241,11 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<grpc::ByteBuffe
       : service_(service), context_(context), raw_request_(request), start_(absl::Now()) {}
 
   void Start() {
+    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+      life_.Release();
+      FinishNow(ToGrpcStatus(s));
+      return;
+    }
     absl::Status queued = service_->deps().pool->Submit([this] {
       Prepare();
       if (life_.Release()) delete this;
@@ -458,6 +468,11 @@ class ParaphraseCall final : public grpc::ServerUnaryReactor {
         start_(absl::Now()) {}
 
   void Start() {
+    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+      life_.Release();
+      Finish(ToGrpcStatus(s));
+      return;
+    }
     absl::Status queued = service_->deps().pool->Submit([this] {
       Prepare();
       if (life_.Release()) delete this;

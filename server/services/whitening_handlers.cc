@@ -32,6 +32,10 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> 
   FitWhiteningCall(EmbeddingService* service, grpc::CallbackServerContext* context,
                    grpc::ByteBuffer* response)
       : service_(service), context_(context), raw_response_(response) {
+    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+      Fail(s);
+      return;
+    }
     StartRead(&raw_message_);
   }
 
@@ -299,6 +303,7 @@ grpc::ServerUnaryReactor* EmbeddingService::DeleteWhitening(
 grpc::ServerUnaryReactor* EmbeddingService::ImportWhitening(
     grpc::CallbackServerContext* context, const pb::ImportWhiteningRequest* request,
     pb::WhiteningProfile* response) {
+  if (absl::Status s = deps_.registry->AcceptingWork(); !s.ok()) return FinishUnary(context, s);
   const pb::WhiteningProfile& in = request->profile();
   auto model = ResolveModel(*deps_.registry, in.model(), "profile.model");
   if (!model.ok()) return FinishUnary(context, model.status());

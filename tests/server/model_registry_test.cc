@@ -76,10 +76,13 @@ TEST(ModelRegistryTest, DrainingRefusesNewWork) {
   reg.Start();
   reg.WaitUntilSettled();
   ASSERT_TRUE(reg.GetReady("a").ok());
+  ASSERT_TRUE(reg.AcceptingWork().ok());
   reg.SetDraining();
-  absl::Status s = reg.GetReady("a").status();
+  absl::Status s = reg.AcceptingWork();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(s.message()), HasSubstr("shutting down"));
+  // A call admitted before the drain still resolves its model from a worker.
+  EXPECT_TRUE(reg.GetReady("a").ok());
   // Listing still works while draining.
   EXPECT_EQ(reg.Get("a")->state, ModelState::kReady);
 }
