@@ -52,6 +52,7 @@ namespace {
 struct AttentionTiles {
   void (*score[2])(const float* qt, int d, const float* const* kp, int nk, float* st);
   void (*softmax[2])(float* st, int nk, float* m, float* l, float* corr);
+  void (*bias[2])(float* st, int nk, int nq, const float* bias);
   void (*pv)(const float* pt, const float* const* vp, int nk, int nq4, int d, int dp,
              const float* corr, float* acc);
 };
@@ -59,9 +60,11 @@ struct AttentionTiles {
 constexpr AttentionTiles kTiles[kernels::kNumIsas] = {
     {{kernels::avx2::ScoreTile<1>, kernels::avx2::ScoreTile<2>},
      {kernels::avx2::SoftmaxTile<1>, kernels::avx2::SoftmaxTile<2>},
+     {kernels::avx2::BiasTile<1>, kernels::avx2::BiasTile<2>},
      kernels::avx2::PvTile},
     {{kernels::avx512::ScoreTile<1>, kernels::avx512::ScoreTile<2>},
      {kernels::avx512::SoftmaxTile<1>, kernels::avx512::SoftmaxTile<2>},
+     {kernels::avx512::BiasTile<1>, kernels::avx512::BiasTile<2>},
      kernels::avx512::PvTile},
 };
 
@@ -105,6 +108,9 @@ absl::Status ValidateCommon(const AttentionOptions& o, int64_t q_stride, int64_t
   }
   if (!std::isfinite(o.scale)) {
     return absl::InvalidArgumentError("attention: scale must be finite");
+  }
+  if (o.bias.table != nullptr && (o.bias.head_stride < 0 || o.bias.center < 0)) {
+    return absl::InvalidArgumentError("attention: bias head_stride and center must be >= 0");
   }
   const int64_t width = int64_t{o.num_heads} * o.head_dim;
   if (q_stride < width || out_stride < width) {
@@ -232,6 +238,10 @@ absl::Status FusedAttention(const AttentionOptions& options, const float* q, int
       const int nq4 = (nq + 3) / 4 * 4;
       const float scale = scales[b];
       const int64_t row0 = int64_t{cu_seqlens_q[b]} + q0;
+      const float* bias_h =
+          options.bias.table == nullptr
+              ? nullptr
+              : options.bias.table + int64_t{h} * options.bias.head_stride + options.bias.center;
 
       // Scaled queries, transposed; unused lanes stay zero.
       std::fill(sc.qt.begin(), sc.qt.end(), 0.0f);
@@ -278,6 +288,10 @@ absl::Status FusedAttention(const AttentionOptions& options, const float* q, int
         float* st = sc.st.data();
         const int nv = nq4 <= 16 ? 0 : 1;
         tiles.score[nv](sc.qt.data(), d, sc.kp.data(), nk, st);
+        if (bias_h != nullptr) {
+          // Entry of (query row q0, key k0): center + (q_offset + q0) - k0.
+          tiles.bias[nv](st, nk, nq, bias_h + (int64_t{mask.q_offset()} + q0 - k0));
+        }
         if (state == BlockState::kPartial) {
           for (int j = 0; j < nk; ++j) {
             float* srow = st + j * kBQ;
@@ -364,6 +378,10 @@ absl::Status NaiveAttention(const AttentionOptions& options, const float* q, int
           double dot = 0.0;
           for (int c = 0; c < d; ++c) dot += double{qr[c]} * kr[c];
           scores[j] = dot * scale;
+          if (options.bias.table != nullptr) {
+            scores[j] += options.bias.table[int64_t{h} * options.bias.head_stride +
+                                            options.bias.center + mask.q_offset() + r - j];
+          }
           mx = std::max(mx, scores[j]);
         }
         std::fill(acc.begin(), acc.end(), 0.0);

@@ -25,6 +25,20 @@ namespace maskserve::engine {
 inline constexpr int kAttentionBlockQ = 32;
 inline constexpr int kAttentionBlockK = 64;
 
+// An additive score bias that depends only on the query head and on the
+// distance between the query's and the key's positions (T5's bucketed
+// relative position bias): score(h, q, k) += table[h * head_stride + center
+// + q - k], where q is the query's absolute position (mask q_offset + row)
+// and k the key's. Added after the scale, before the mask. The caller
+// guarantees every index lies in the table for q in [q_offset, q_offset +
+// q_len) and k in [0, k_len) of every sequence (e.g. a table over q - k in
+// [-(max_len - 1), max_len - 1]).
+struct RelativePositionBias {
+  const float* table = nullptr;  // [num_heads][head_stride]; null = no bias
+  int64_t head_stride = 0;       // floats between two heads' rows
+  int64_t center = 0;            // index of q - k == 0 within a head's row
+};
+
 struct AttentionOptions {
   int num_heads = 0;     // query heads
   int num_kv_heads = 0;  // key/value heads; divides num_heads (GQA / MQA)
@@ -33,6 +47,8 @@ struct AttentionOptions {
   // > 0: per sequence, scale *= log(k_len) / log(log_n_train_length) (the
   // "attention scale log n" length extrapolation trick); 0 = off.
   int log_n_train_length = 0;
+  // Additive relative-position bias (T5); none by default.
+  RelativePositionBias bias;
 };
 
 // Tile counts, summed over heads and sequences.
@@ -86,7 +102,7 @@ class ContiguousKv final : public KvSource {
   int head_dim_;
 };
 
-// out[t, h*head_dim + c] = sum_j softmax_j(scale * q_t,h . k_j,g + mask) v_j,g,c
+// out[t, h*head_dim + c] = sum_j softmax_j(scale * q_t,h . k_j,g + bias + mask) v_j,g,c
 // with g = h / (num_heads / num_kv_heads), over the keys of t's sequence.
 // Sequence b owns query rows cu_seqlens_q[b] .. cu_seqlens_q[b+1]-1 and uses
 // masks[b] (whose q_len must match and whose k_len must equal kv.NumKeys(b)).

@@ -274,6 +274,16 @@ absl::Status DecodeAttention(const AttentionOptions& o, const float* q, int64_t 
         key += run.count;
       }
       if (failed.load(std::memory_order_relaxed)) continue;
+      if (o.bias.table != nullptr) {
+        // Relative-position bias of the query (position q_offset) against
+        // keys range.begin + j: entry center + q_offset - key.
+        for (int hh = 0; hh < group; ++hh) {
+          const float* brow = o.bias.table + int64_t{g * group + hh} * o.bias.head_stride +
+                              o.bias.center + mask.q_offset() - range.begin;
+          float* p = scores.data() + static_cast<size_t>(hh) * n;
+          for (int j = 0; j < n; ++j) p[j] += brow[-j];
+        }
+      }
       const bool in_registers = d % 8 == 0 && d <= 64;
       for (int hh = 0; hh < group; ++hh) {
         float* p = scores.data() + static_cast<size_t>(hh) * n;

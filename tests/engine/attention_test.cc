@@ -223,6 +223,107 @@ TEST_P(AttentionTest, FusedMatchesNaiveForEveryMaskKind) {
   std::cout << cases << " cases, max |fused - naive| = " << worst << "\n";
 }
 
+// A relative-position bias table over q - k in [-(max_len - 1), max_len - 1]
+// per head (random values), as T5 models build them.
+struct BiasTable {
+  std::vector<float> values;
+  RelativePositionBias view;
+};
+
+BiasTable MakeBiasTable(int heads, int max_len, std::mt19937& rng) {
+  BiasTable t;
+  t.values.resize(static_cast<size_t>(heads) * (2 * max_len - 1));
+  FillRandom(t.values, 3.0f, rng);
+  t.view.table = t.values.data();
+  t.view.head_stride = 2 * max_len - 1;
+  t.view.center = max_len - 1;
+  return t;
+}
+
+// The biased attention of one query row and head, computed from the
+// definition (scale * q.k + bias(q - k), masked softmax), in double.
+void ExplicitBiasedRow(const Problem& p, int b, int r, int h, double* out) {
+  const AttentionOptions& o = p.options;
+  const AttentionMask& mask = p.masks[b];
+  const int d = o.head_dim;
+  const int g = h / (o.num_heads / o.num_kv_heads);
+  const double scale = EffectiveAttentionScale(o, mask.k_len());
+  const float* qr = p.q.data() + (int64_t{p.cu_q[b]} + r) * p.q_stride + int64_t{h} * d;
+  std::vector<double> s(mask.k_len(), -INFINITY);
+  double mx = -INFINITY;
+  for (int j = 0; j < mask.k_len(); ++j) {
+    if (!mask.Allowed(r, j)) continue;
+    const float* kr = p.k() + (int64_t{p.cu_k[b]} + j) * p.kv_stride + int64_t{g} * d;
+    double dot = 0;
+    for (int c = 0; c < d; ++c) dot += double{qr[c]} * kr[c];
+    const int rel = mask.q_offset() + r - j;
+    s[j] = dot * scale + o.bias.table[h * o.bias.head_stride + o.bias.center + rel];
+    mx = std::max(mx, s[j]);
+  }
+  double sum = 0;
+  std::vector<double> acc(d, 0.0);
+  for (int j = 0; j < mask.k_len(); ++j) {
+    if (!mask.Allowed(r, j)) continue;
+    const double e = std::exp(s[j] - mx);
+    sum += e;
+    const float* vr = p.v() + (int64_t{p.cu_k[b]} + j) * p.kv_stride + int64_t{g} * d;
+    for (int c = 0; c < d; ++c) acc[c] += e * vr[c];
+  }
+  for (int c = 0; c < d; ++c) out[c] = sum > 0 ? acc[c] / sum : 0.0;
+}
+
+TEST_P(AttentionTest, RelativePositionBiasMatchesDefinition) {
+  std::mt19937 rng(77);
+  const std::vector<std::string> families = {"BIDIRECTIONAL", "CAUSAL", "LOCAL_3",
+                                             "CAUSAL+STRIDED_2_4", "UNILM(prefix)"};
+  int cases = 0;
+  float worst = 0.0f;
+  for (const NamedSpec& family : AllMaskFamilies()) {
+    if (std::find(families.begin(), families.end(), family.name) == families.end()) continue;
+    for (int trial = 0; trial < 4; ++trial) {
+      AttentionOptions o;
+      o.num_heads = 2 + trial % 3;
+      o.num_kv_heads = trial == 1 ? 1 : o.num_heads;
+      o.head_dim = trial == 2 ? 4 : 32;
+      o.scale = trial == 3 ? 1.0f : 0.0f;  // T5 does not scale
+      // Prefill (several tiles of both kinds), decode-like rows after a
+      // cache, a chunk at an offset, a one-key sequence.
+      const std::vector<SeqShape> seqs = {{150, 150, 0}, {3, 90, 87}, {40, 130, 50}, {1, 1, 0}};
+      const Problem base = MakeProblem(o, seqs, family.make, rng);
+      const BiasTable bias = MakeBiasTable(o.num_heads, 160, rng);
+      Problem p = base;
+      p.options.bias = bias.view;
+      std::vector<float> fused = p.NewOutput();
+      std::vector<float> naive = p.NewOutput();
+      ASSERT_TRUE(p.Fused(fused).ok());
+      ASSERT_TRUE(p.Naive(naive).ok());
+      worst = std::max(worst, MaxAbsDiff(p, fused, naive));
+      // The naive reference itself against the definition.
+      std::vector<double> row(o.head_dim);
+      for (size_t b = 0; b < p.masks.size(); ++b) {
+        for (int r = 0; r < p.masks[b].q_len(); r += 7) {
+          for (int h = 0; h < o.num_heads; ++h) {
+            ExplicitBiasedRow(p, static_cast<int>(b), r, h, row.data());
+            const float* got =
+                fused.data() + (int64_t{p.cu_q[b]} + r) * p.out_stride + int64_t{h} * o.head_dim;
+            for (int c = 0; c < o.head_dim; ++c) {
+              ASSERT_NEAR(got[c], row[c], kTolerance) << family.name << " b " << b << " r " << r;
+            }
+          }
+        }
+      }
+      // The bias changes the result (it is not silently ignored).
+      std::vector<float> unbiased = base.NewOutput();
+      ASSERT_TRUE(base.Fused(unbiased).ok());
+      EXPECT_GT(MaxAbsDiff(p, fused, unbiased), 1e-3f) << family.name;
+      ++cases;
+    }
+  }
+  EXPECT_EQ(cases, 20);
+  EXPECT_LE(worst, kTolerance);
+  std::cout << cases << " biased cases, max |fused - naive| = " << worst << "\n";
+}
+
 // Keys/values scattered over fixed-size pages that do not line up with the
 // kernel's key blocks, reached through a block table: what a paged KV cache
 // looks like to the kernel.

@@ -116,6 +116,53 @@ TEST(DecodeAttentionTest, MatchesNaiveAndFused) {
   }
 }
 
+// A relative-position bias (T5) gives the same rows as FusedAttention and
+// NaiveAttention with the same bias.
+TEST(DecodeAttentionTest, RelativePositionBias) {
+  std::mt19937 rng(5);
+  AttentionOptions o;
+  o.num_heads = 4;
+  o.num_kv_heads = 2;
+  o.head_dim = 8;
+  o.scale = 1.0f;
+  const int max_len = 200;
+  std::vector<float> table = Random(static_cast<size_t>(o.num_heads) * (2 * max_len - 1), rng);
+  o.bias.table = table.data();
+  o.bias.head_stride = 2 * max_len - 1;
+  o.bias.center = max_len - 1;
+  const int qw = o.num_heads * o.head_dim, kw = o.num_kv_heads * o.head_dim;
+  for (const MaskSpec& spec : Masks()) {
+    const std::vector<int> lens = {1, 17, 40, 130};
+    std::vector<int32_t> cu_q = {0}, cu_k = {0};
+    std::vector<AttentionMask> masks;
+    for (int len : lens) {
+      cu_q.push_back(cu_q.back() + 1);
+      cu_k.push_back(cu_k.back() + len);
+      MaskSpec sb = spec;
+      if (sb.kind == MaskKind::kUnilm) sb.prefix_length = std::min(sb.prefix_length, len);
+      // Cross-attention-like rows (q_offset 0 against all keys) for
+      // BIDIRECTIONAL, the last position otherwise.
+      const int q_offset = spec.kind == MaskKind::kBidirectional ? len / 3 : len - 1;
+      masks.push_back(*AttentionMask::Create(sb, len, q_offset, 1));
+    }
+    const std::vector<float> q = Random(static_cast<size_t>(cu_q.back()) * qw, rng);
+    const std::vector<float> k = Random(static_cast<size_t>(cu_k.back()) * kw, rng);
+    const std::vector<float> v = Random(static_cast<size_t>(cu_k.back()) * kw, rng);
+    std::vector<float> want(static_cast<size_t>(cu_q.back()) * qw, -1), got(want.size(), -2),
+        fused(want.size(), -3);
+    ASSERT_TRUE(NaiveAttention(o, q.data(), qw, k.data(), kw, v.data(), kw, cu_q, cu_k, masks,
+                               want.data(), qw)
+                    .ok());
+    const ContiguousKv ckv(k.data(), kw, v.data(), kw, cu_k, o.head_dim);
+    ASSERT_TRUE(DecodeAttention(o, q.data(), qw, cu_q, ckv, masks, got.data(), qw).ok());
+    ASSERT_TRUE(FusedAttention(o, q.data(), qw, cu_q, ckv, masks, fused.data(), qw).ok());
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_NEAR(got[i], want[i], 2e-5) << spec.ToString() << " i " << i;
+      ASSERT_NEAR(fused[i], want[i], 2e-5) << spec.ToString() << " i " << i;
+    }
+  }
+}
+
 TEST(DecodeAttentionTest, RejectsPrefillRowsAndBadArguments) {
   AttentionOptions o;
   o.num_heads = 2;
