@@ -119,6 +119,20 @@ class GenerativeModel {
     (void)source_ids;
     return absl::UnimplementedError("this model has no encoder");
   }
+  // Encoder-decoder only: EncodeSource for several requests at once (one
+  // packed encoder pass where the model supports it; this default runs them
+  // one by one). Element i is the state of sources[i].
+  virtual absl::StatusOr<std::vector<std::shared_ptr<const EncoderState>>> EncodeSources(
+      absl::Span<const absl::Span<const int32_t>> sources) const {
+    std::vector<std::shared_ptr<const EncoderState>> states;
+    states.reserve(sources.size());
+    for (absl::Span<const int32_t> s : sources) {
+      absl::StatusOr<std::shared_ptr<const EncoderState>> e = EncodeSource(s);
+      if (!e.ok()) return e.status();
+      states.push_back(*std::move(e));
+    }
+    return states;
+  }
 
   // Runs one packed step over `seqs` (any mix of prefill chunks and decode
   // tokens), writes the new keys/values into `pool`, and fills `logits` with

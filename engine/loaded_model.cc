@@ -14,6 +14,8 @@
 #include "engine/onednn/engine_context.h"
 #include "engine/onednn/packed_weight.h"
 #include "engine/safetensors.h"
+#include "engine/seq2seq_arch.h"
+#include "engine/seq2seq_model.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/tokenizer_factory.h"
 #include "engine/unilm_model.h"
@@ -27,6 +29,26 @@ bool IsEncoderFamily(ModelFamily f) {
 
 bool IsCausalLmFamily(ModelFamily f) {
   return f == ModelFamily::kGpt2 || f == ModelFamily::kLlama || f == ModelFamily::kGptNeox;
+}
+
+bool IsSeq2SeqFamily(ModelFamily f) {
+  return f == ModelFamily::kT5 || f == ModelFamily::kBart || f == ModelFamily::kMarian ||
+         f == ModelFamily::kOpenNmtTransformer;
+}
+
+// generation_config.json's eos ids, checked against the vocabulary.
+absl::Status GenerationEos(const std::string& dir, const std::optional<GenerationConfig>& gen,
+                           int vocab_size, std::vector<int32_t>* out) {
+  if (!gen.has_value() || !gen->eos_token_ids.has_value()) return absl::OkStatus();
+  for (int64_t id : *gen->eos_token_ids) {
+    if (id < 0 || id >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, "/generation_config.json: eos_token_id ",
+                                                     id, " is outside the vocabulary [0, ",
+                                                     vocab_size, ")"));
+    }
+    out->push_back(static_cast<int32_t>(id));
+  }
+  return absl::OkStatus();
 }
 
 ModelDescription Describe(const ModelConfig& c, const SafetensorsModel& weights,
@@ -107,8 +129,17 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::Load(const LoadOptions
   if (!config.ok()) return config.status();
   absl::StatusOr<std::unique_ptr<SafetensorsModel>> weights = SafetensorsModel::Open(options.path);
   if (!weights.ok()) return weights.status();
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(options.path);
-  if (!tokenizer.ok()) return tokenizer.status();
+  std::shared_ptr<const Tokenizer> tokenizer, target_tokenizer;
+  if (IsSeq2SeqFamily(config->family)) {
+    absl::StatusOr<Seq2SeqTokenizers> t = LoadSeq2SeqTokenizers(options.path);
+    if (!t.ok()) return t.status();
+    tokenizer = t->source;
+    if (t->target != t->source) target_tokenizer = t->target;
+  } else {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> t = LoadTokenizer(options.path);
+    if (!t.ok()) return t.status();
+    tokenizer = std::move(*t);
+  }
   ModelDescription description = Describe(*config, **weights, options.dtype);
   const MatmulDType mdt =
       options.dtype == ComputeDtype::kBFloat16 ? MatmulDType::kBF16 : MatmulDType::kF32;
@@ -123,8 +154,8 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::Load(const LoadOptions
     if (encoder->has_mlm_head()) {
       // UniLM seq2seq on the same packed weights; a target ends at [SEP].
       UnilmModelOptions uo;
-      if (*tokenizer != nullptr && (*tokenizer)->special_ids().sep.has_value()) {
-        uo.eos_token_ids.push_back(*(*tokenizer)->special_ids().sep);
+      if (tokenizer != nullptr && tokenizer->special_ids().sep.has_value()) {
+        uo.eos_token_ids.push_back(*tokenizer->special_ids().sep);
       }
       absl::StatusOr<std::unique_ptr<UnilmModel>> u = UnilmModel::Create(encoder.get(), uo);
       if (!u.ok()) return u.status();
@@ -141,24 +172,49 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::Load(const LoadOptions
     co.dtype = mdt;
     absl::StatusOr<std::optional<GenerationConfig>> gen = LoadGenerationConfig(options.path);
     if (!gen.ok()) return gen.status();
-    if (gen->has_value() && (*gen)->eos_token_ids.has_value()) {
-      for (int64_t id : *(*gen)->eos_token_ids) {
-        if (id < 0 || id >= arch->vocab_size) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(options.path, "/generation_config.json: eos_token_id ", id,
-                           " is outside the vocabulary [0, ", arch->vocab_size, ")"));
-        }
-        co.eos_token_ids.push_back(static_cast<int32_t>(id));
-      }
+    if (absl::Status s = GenerationEos(options.path, *gen, arch->vocab_size, &co.eos_token_ids);
+        !s.ok()) {
+      return s;
     }
     absl::StatusOr<std::unique_ptr<CausalLm>> lm = CausalLm::Create(*arch, **weights, co);
     if (!lm.ok()) return lm.status();
     generator = std::move(*lm);
     description.tasks.push_back(ModelTask::kGenerate);
+  } else if (IsSeq2SeqFamily(config->family)) {
+    absl::StatusOr<Seq2SeqArch> arch = Seq2SeqArchFromConfig(*config);
+    if (!arch.ok()) {
+      return absl::Status(arch.status().code(),
+                          absl::StrCat(options.path, "/config.json: ", arch.status().message()));
+    }
+    Seq2SeqModelOptions so;
+    so.dtype = mdt;
+    absl::StatusOr<std::optional<GenerationConfig>> gen = LoadGenerationConfig(options.path);
+    if (!gen.ok()) return gen.status();
+    if (absl::Status s = GenerationEos(options.path, *gen, arch->vocab_size, &so.eos_token_ids);
+        !s.ok()) {
+      return s;
+    }
+    if (gen->has_value() && (*gen)->decoder_start_token_id.has_value()) {
+      const int64_t id = *(*gen)->decoder_start_token_id;
+      if (id < 0 || id >= arch->vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(options.path, "/generation_config.json: decoder_start_token_id ", id,
+                         " is outside the vocabulary [0, ", arch->vocab_size, ")"));
+      }
+      so.decoder_start_token_id = static_cast<int32_t>(id);
+    }
+    absl::StatusOr<std::unique_ptr<Seq2SeqModel>> s2s = Seq2SeqModel::Create(*arch, **weights, so);
+    if (!s2s.ok()) return s2s.status();
+    description.max_sequence_length = (*s2s)->max_source_length();
+    generator = std::move(*s2s);
+    description.tasks.push_back(ModelTask::kGenerate);
   }
-  return std::make_unique<LoadedModel>(
-      std::move(description), std::make_unique<ModelConfig>(std::move(*config)),
-      std::move(*tokenizer), std::move(encoder), std::move(generator));
+  auto loaded = std::make_unique<LoadedModel>(std::move(description),
+                                              std::make_unique<ModelConfig>(std::move(*config)),
+                                              nullptr, std::move(encoder), std::move(generator));
+  loaded->tokenizer_ = std::move(tokenizer);
+  loaded->target_tokenizer_ = std::move(target_tokenizer);
+  return loaded;
 }
 
 }  // namespace maskserve::engine

@@ -9,6 +9,11 @@
 //                               Encoder (task GENERATE), eos = [SEP]
 //   gpt2 / llama / gpt_neox     CausalLm (task GENERATE only); eos from
 //                               generation_config.json, else config.json
+//   t5 / bart / mbart / marian  Seq2SeqModel (task GENERATE only); eos and
+//   / opennmt_transformer       decoder start from generation_config.json,
+//                               else config.json; source and target
+//                               tokenizers (one object unless the model has
+//                               two vocabularies: OpenNMT, Marian)
 #pragma once
 
 #include <memory>
@@ -58,8 +63,15 @@ class LoadedModel {
   const ModelDescription& description() const { return description_; }
   // Parsed config.json.
   const ModelConfig& config() const { return *config_; }
-  // Null when the checkpoint has no tokenizer files (then only ids are accepted).
+  // Null when the checkpoint has no tokenizer files (then only ids are
+  // accepted). Encoder-decoder models: the SOURCE side (prompt / source
+  // text, Tokenize / Detokenize).
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  // The tokenizer of generated text and target prefixes: tokenizer() except
+  // for encoder-decoder models with a separate target vocabulary.
+  const Tokenizer* target_tokenizer() const {
+    return target_tokenizer_ != nullptr ? target_tokenizer_.get() : tokenizer_.get();
+  }
   // The BERT-family forward pass (bert / roberta / roformer), packed in
   // description().dtype; null for other families.
   const Encoder* encoder() const { return encoder_.get(); }
@@ -71,7 +83,8 @@ class LoadedModel {
  private:
   ModelDescription description_;
   std::unique_ptr<ModelConfig> config_;
-  std::unique_ptr<Tokenizer> tokenizer_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  std::shared_ptr<const Tokenizer> target_tokenizer_;  // null = tokenizer_
   std::unique_ptr<Encoder> encoder_;
   std::unique_ptr<GenerativeModel> generator_;  // declared last: may borrow encoder_
 };
