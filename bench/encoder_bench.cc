@@ -95,6 +95,8 @@ constexpr const char kUsage[] = R"(usage: encoder_bench [options]
   --node PATH --ort_bench PATH   [node, /work/shared/peers/ort/ort_bench.js]
   --quick              batches 1,32 x seqs 16,128, min_reps 2, min_time 0.5, max_time 4
   --json               JSON lines on stdout instead of the table (progress stays on stderr)
+  --write_only         write the random preset checkpoints of --models into --gen_dir and exit
+                       (e.g. for serving a MiniLM-shaped model in bench/batching_bench.sh)
 )";
 
 // ---------------------------------------------------------------- flags
@@ -117,6 +119,7 @@ struct Flags {
   std::string node = "node";
   std::string ort_bench = "/work/shared/peers/ort/ort_bench.js";
   bool json = false;
+  bool write_only = false;
 };
 
 [[noreturn]] void Die(const std::string& msg) {
@@ -157,6 +160,7 @@ Flags ParseFlags(int argc, char** argv) {
     if (key == "no_bare") { f.no_bare = true; continue; }
     if (key == "quick") { quick = true; continue; }
     if (key == "json") { f.json = true; continue; }
+    if (key == "write_only") { f.write_only = true; continue; }
     if (!has_value) {
       if (i + 1 >= argc) Die("--" + key + " needs a value");
       value = argv[++i];
@@ -655,6 +659,10 @@ int main(int argc, char** argv) {
     }
     if (f.no_peer) m.onnx.clear();
     specs.push_back(m);
+  }
+  if (f.write_only) {
+    for (const ModelSpec& m : specs) std::printf("%s\n", m.dir.c_str());
+    return 0;
   }
 
   const std::string date = Today();

@@ -9,6 +9,10 @@ namespace maskserve::client::bench {
 void LatencyStats::Merge(const LatencyStats& other) {
   latency_ms.insert(latency_ms.end(), other.latency_ms.begin(), other.latency_ms.end());
   ttft_ms.insert(ttft_ms.end(), other.ttft_ms.begin(), other.ttft_ms.end());
+  server_queue_ms.insert(server_queue_ms.end(), other.server_queue_ms.begin(),
+                         other.server_queue_ms.end());
+  server_inference_ms.insert(server_inference_ms.end(), other.server_inference_ms.begin(),
+                             other.server_inference_ms.end());
   for (const auto& [code, n] : other.errors) errors[code] += n;
   ok += other.ok;
   inputs += other.inputs;

@@ -17,6 +17,11 @@ struct LatencyStats {
   std::vector<double> latency_ms;
   // Time to first streamed message (stream workload only), milliseconds.
   std::vector<double> ttft_ms;
+  // Embed: server-reported queue wait and batch compute per request,
+  // milliseconds; they show what batching costs and saves (a request's
+  // latency is about queue wait + compute of the batch it joined).
+  std::vector<double> server_queue_ms;
+  std::vector<double> server_inference_ms;
   // Failed measured requests by status code.
   std::map<absl::StatusCode, int64_t> errors;
   // Successful measured requests.

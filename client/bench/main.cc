@@ -120,6 +120,10 @@ struct Run {
     if (stream && out.first_message != absl::InfinitePast()) {
       stats->ttft_ms.push_back(Ms(out.first_message - origin));
     }
+    if (out.server_queue_ms >= 0) stats->server_queue_ms.push_back(out.server_queue_ms);
+    if (out.server_inference_ms >= 0) {
+      stats->server_inference_ms.push_back(out.server_inference_ms);
+    }
   }
 };
 
@@ -279,6 +283,9 @@ int Main(int argc, char** argv) {
       std::max(1e-9, absl::ToDoubleSeconds(finished - std::max(start, run.measure_start)));
   const Percentiles latency = ComputePercentiles(stats.latency_ms);
   const Percentiles ttft = ComputePercentiles(stats.ttft_ms);
+  const bool server_timing = !stats.server_inference_ms.empty();
+  const Percentiles server_queue = ComputePercentiles(stats.server_queue_ms);
+  const Percentiles server_inference = ComputePercentiles(stats.server_inference_ms);
   const bool generates = *kind != WorkloadKind::kEmbed;
   const int64_t measured = stats.ok + stats.total_errors();
 
@@ -303,6 +310,10 @@ int Main(int argc, char** argv) {
     if (generates) j["tokens_per_s"] = stats.tokens / elapsed_s;
     j["latency_ms"] = PercentilesJson(latency);
     if (run.stream) j["ttft_ms"] = PercentilesJson(ttft);
+    if (server_timing) {
+      j["server_queue_ms"] = PercentilesJson(server_queue);
+      j["server_inference_ms"] = PercentilesJson(server_inference);
+    }
     if (mode == "open") j["max_send_lag_ms"] = stats.max_send_lag_ms;
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -323,6 +334,10 @@ int Main(int argc, char** argv) {
     if (generates) std::printf(", %.1f tokens/s", stats.tokens / elapsed_s);
     std::printf("\nlatency ms: %s\n", PercentilesText(latency).c_str());
     if (run.stream) std::printf("ttft ms:    %s\n", PercentilesText(ttft).c_str());
+    if (server_timing) {
+      std::printf("server queue ms:     %s\n", PercentilesText(server_queue).c_str());
+      std::printf("server inference ms: %s\n", PercentilesText(server_inference).c_str());
+    }
     // A few ms of lag is scheduler noise; beyond that the workers were the
     // bottleneck.
     if (mode == "open" && stats.max_send_lag_ms > 10.0) {

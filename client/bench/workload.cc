@@ -50,6 +50,10 @@ Outcome Workload::Run(Client& client, uint64_t seq) const {
       auto response = client.Embed(request, call);
       out.status = response.status();
       out.inputs = options_.batch;
+      if (response.ok() && response->has_timing()) {
+        out.server_queue_ms = response->timing().queue_us() / 1000.0;
+        out.server_inference_ms = response->timing().inference_us() / 1000.0;
+      }
       break;
     }
     case WorkloadKind::kGenerate: {

@@ -41,6 +41,10 @@ struct Outcome {
   int64_t tokens = 0;
   // Stream: when the first message arrived (InfinitePast() if none).
   absl::Time first_message = absl::InfinitePast();
+  // Embed: the server's own timing of the request (response `timing`):
+  // queue wait, and compute of the batch it ran in; -1 when not reported.
+  double server_queue_ms = -1;
+  double server_inference_ms = -1;
 };
 
 // Sentences used when no --sentences_file is given.
