@@ -24,6 +24,7 @@ absl::StatusOr<TokenizerConfigExtras> ReadTokenizerConfigExtras(const std::strin
     get_bool("add_eos_token", &extras.add_eos_token);
     get_bool("add_prefix_space", &extras.add_prefix_space);
     get_bool("legacy", &extras.legacy);
+    get_bool("separate_vocabs", &extras.separate_vocabs);
     if (j.contains("extra_ids") && j["extra_ids"].is_number_integer()) {
       extras.extra_ids = j["extra_ids"].get<int>();
     }

@@ -16,6 +16,7 @@ struct TokenizerConfigExtras {
   std::optional<bool> legacy;            // Llama, T5 (absent or null: legacy)
   std::optional<int> extra_ids;          // T5
   std::optional<std::string> errors;     // GPT-2 bytes.decode(errors=...)
+  std::optional<bool> separate_vocabs;   // Marian: target_vocab.json for the target side
 };
 
 // Reads `model_dir`/tokenizer_config.json; all fields unset when the file is

@@ -4,6 +4,7 @@
 #include "engine/tokenizer/byte_level_bpe_tokenizer.h"
 #include "engine/tokenizer/char_vocab_tokenizer.h"
 #include "engine/tokenizer/hf_tokenizer_config.h"
+#include "engine/tokenizer/marian_tokenizer.h"
 #include "engine/tokenizer/sentencepiece_tokenizer.h"
 #include "engine/tokenizer/wordpiece_tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -69,6 +70,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadCharVocab(const std::string& dir,
   return std::unique_ptr<Tokenizer>(*std::move(tok));
 }
 
+// Marian source.spm / target.spm + vocab.json; `target` selects the side
+// Encode serves.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadMarian(const std::string& dir, bool target) {
+  auto options = MarianTokenizerOptionsFromDirectory(dir, target);
+  if (!options.ok()) return options.status();
+  auto tok = MarianTokenizer::Create(*std::move(options));
+  if (!tok.ok()) {
+    return absl::Status(tok.status().code(), absl::StrCat(dir, ": ", tok.status().message()));
+  }
+  return std::unique_ptr<Tokenizer>(*std::move(tok));
+}
+
 // One tokenizer kind: how to recognise its files, and how to load them.
 // Earlier entries win, so the slow tokenizers' own files come before
 // tokenizer.json (which HF's slow classes never read).
@@ -99,12 +112,8 @@ const Kind kKinds[] = {
      [](const std::string&, const std::string& t) { return t == "WordPiece"; }, LoadWordPiece},
     {"byte-level BPE (tokenizer.json)",
      [](const std::string&, const std::string& t) { return t == "BPE"; }, LoadByteLevelBpe},
-    {"Marian",
-     [](const std::string& d, const std::string&) { return Has(d, "source.spm"); },
-     [](const std::string& d) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
-       return absl::UnimplementedError(
-           absl::StrCat(d, ": Marian (source.spm / target.spm) tokenizers are not implemented"));
-     }},
+    {"Marian", [](const std::string& d, const std::string&) { return Has(d, "source.spm"); },
+     [](const std::string& d) { return LoadMarian(d, /*target=*/false); }},
 };
 
 }  // namespace
@@ -130,6 +139,16 @@ absl::StatusOr<Seq2SeqTokenizers> LoadSeq2SeqTokenizers(const std::string& model
     auto source = LoadCharVocab(model_dir, /*target=*/false);
     if (!source.ok()) return source.status();
     auto target = LoadCharVocab(model_dir, /*target=*/true);
+    if (!target.ok()) return target.status();
+    t.source = *std::move(source);
+    t.target = *std::move(target);
+    return t;
+  }
+  if (Has(model_dir, "source.spm") && Has(model_dir, "target.spm") &&
+      Has(model_dir, "vocab.json")) {
+    auto source = LoadMarian(model_dir, /*target=*/false);
+    if (!source.ok()) return source.status();
+    auto target = LoadMarian(model_dir, /*target=*/true);
     if (!target.ok()) return target.status();
     t.source = *std::move(source);
     t.target = *std::move(target);

@@ -14,8 +14,8 @@ namespace maskserve::engine {
 // merges.txt), SentencePiece (spiece.model, tokenizer.model,
 // sentencepiece.bpe.model), an OpenNMT character vocabulary
 // (source_vocab.txt: the source side), then tokenizer.json by model.type
-// (WordPiece, BPE). Recognised but unsupported kinds give Unimplemented, a
-// directory with no tokenizer files NotFound; both name the directory.
+// (WordPiece, BPE), then Marian (source.spm: the source side). Recognised but unsupported kinds
+// give Unimplemented, a directory with no tokenizer files NotFound; both name the directory.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& model_dir);
 
 // The two tokenizers of an encoder-decoder model. They are the same object
@@ -27,8 +27,9 @@ struct Seq2SeqTokenizers {
 
 // source_vocab.txt + target_vocab.txt (OpenNMT character vocabularies; the
 // target side's add_special_tokens prepends the decoder start <s>, the
-// source side adds nothing); otherwise LoadTokenizer(model_dir) serves both.
-// source.spm / target.spm (Marian) give Unimplemented.
+// source side adds nothing); source.spm + target.spm + vocab.json (Marian:
+// each side segments with its own sentencepiece model); otherwise
+// LoadTokenizer(model_dir) serves both.
 absl::StatusOr<Seq2SeqTokenizers> LoadSeq2SeqTokenizers(const std::string& model_dir);
 
 }  // namespace maskserve::engine
