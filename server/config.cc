@@ -54,6 +54,31 @@ ABSL_FLAG(double, max_connection_age_s, 0,
           "clients balancing over a DNS name re-resolve it and find new replicas.");
 ABSL_FLAG(std::string, log_level, "info", "Minimum log level: debug, info, warn, error.");
 ABSL_FLAG(bool, reflection, true, "Serve gRPC server reflection.");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain for gRPC over TLS (with --tls_key_file); empty = plaintext.");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file.");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA bundle: clients must present a certificate signed by it (mutual TLS).");
+ABSL_FLAG(bool, metrics_tls, false,
+          "Serve /metrics, /healthz and /readyz over HTTPS with --tls_cert_file.");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "Bearer tokens file ('<name> <token> <scopes> [max_concurrent=N] [rps=R] [burst=B]' "
+          "per line); every call then needs 'authorization: Bearer <token>'. Re-read on SIGHUP. "
+          "Empty = no authentication.");
+ABSL_FLAG(bool, auth_open_health, true,
+          "With --auth_tokens_file: grpc.health.v1.Health needs no token.");
+ABSL_FLAG(bool, auth_open_reflection, false,
+          "With --auth_tokens_file: server reflection needs no token.");
+ABSL_FLAG(int, limit_concurrency, 0,
+          "Per token (per client address without authentication): most calls in flight; "
+          "0 = unlimited.");
+ABSL_FLAG(double, limit_rps, 0,
+          "Per token (per client address without authentication): sustained calls per second; "
+          "0 = unlimited.");
+ABSL_FLAG(double, limit_burst, 0, "Calls allowed at once above --limit_rps (0 = max(1, rps)).");
+ABSL_FLAG(bool, shed_on_deadline, true,
+          "Refuse an Embed at once (RESOURCE_EXHAUSTED) when the queue ahead of it would "
+          "outlast its deadline.");
 
 namespace maskserve::server {
 namespace {
@@ -78,7 +103,18 @@ const char* const kFlagNames[] = {"bind",
                                   "shutdown_grace_s",
                                   "max_connection_age_s",
                                   "log_level",
-                                  "reflection"};
+                                  "reflection",
+                                  "tls_cert_file",
+                                  "tls_key_file",
+                                  "tls_client_ca_file",
+                                  "metrics_tls",
+                                  "auth_tokens_file",
+                                  "auth_open_health",
+                                  "auth_open_reflection",
+                                  "limit_concurrency",
+                                  "limit_rps",
+                                  "limit_burst",
+                                  "shed_on_deadline"};
 
 bool IsKnownFlag(const std::string& name) {
   for (const char* n : kFlagNames) {
@@ -260,6 +296,17 @@ absl::StatusOr<ServerOptions> ParseServerOptions(int argc, char** argv) {
   o.max_connection_age_s = absl::GetFlag(FLAGS_max_connection_age_s);
   o.log_level = absl::GetFlag(FLAGS_log_level);
   o.reflection = absl::GetFlag(FLAGS_reflection);
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.metrics_tls = absl::GetFlag(FLAGS_metrics_tls);
+  o.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  o.auth_open_health = absl::GetFlag(FLAGS_auth_open_health);
+  o.auth_open_reflection = absl::GetFlag(FLAGS_auth_open_reflection);
+  o.limit_concurrency = absl::GetFlag(FLAGS_limit_concurrency);
+  o.limit_rps = absl::GetFlag(FLAGS_limit_rps);
+  o.limit_burst = absl::GetFlag(FLAGS_limit_burst);
+  o.shed_on_deadline = absl::GetFlag(FLAGS_shed_on_deadline);
   o.cpu = DetectCpuBudget();
   if (absl::Status s = ValidateServerOptions(o); !s.ok()) return s;
   return o;
@@ -304,6 +351,30 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (!(o.shutdown_grace_s >= 0)) return bad("shutdown_grace_s", "must be >= 0");
   if (!(o.max_connection_age_s >= 0) || o.max_connection_age_s > 86400 * 365) {
     return bad("max_connection_age_s", "must be in [0, 1 year]");
+  }
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return bad(o.tls_cert_file.empty() ? "tls_cert_file" : "tls_key_file",
+               "--tls_cert_file and --tls_key_file go together");
+  }
+  if (!o.tls_client_ca_file.empty() && o.tls_cert_file.empty()) {
+    return bad("tls_client_ca_file", "needs --tls_cert_file and --tls_key_file");
+  }
+  if (o.metrics_tls && o.tls_cert_file.empty()) {
+    return bad("metrics_tls", "needs --tls_cert_file and --tls_key_file");
+  }
+  if (o.metrics_tls && o.metrics_port < 0) return bad("metrics_tls", "the metrics port is off");
+  for (const auto& [flag, path] : {std::pair<const char*, const std::string*>{"tls_cert_file", &o.tls_cert_file},
+                                   {"tls_key_file", &o.tls_key_file},
+                                   {"tls_client_ca_file", &o.tls_client_ca_file},
+                                   {"auth_tokens_file", &o.auth_tokens_file}}) {
+    if (!path->empty() && !std::ifstream(*path).good()) {
+      return bad(flag, absl::StrCat("cannot read '", *path, "'"));
+    }
+  }
+  if (o.limit_concurrency < 0) return bad("limit_concurrency", "must be >= 0");
+  if (!(o.limit_rps >= 0) || o.limit_rps > 1e9) return bad("limit_rps", "must be in [0, 1e9]");
+  if (!(o.limit_burst >= 0) || o.limit_burst > 1e9) {
+    return bad("limit_burst", "must be in [0, 1e9]");
   }
   return absl::OkStatus();
 }

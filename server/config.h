@@ -65,6 +65,30 @@ struct ServerOptions {
   std::string log_level = "info";
   // Serve gRPC server reflection.
   bool reflection = true;
+  // TLS for gRPC: PEM certificate chain and its private key (both or neither).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+  std::string tls_client_ca_file;
+  // Serve the metrics port over HTTPS with the gRPC certificate (needs tls_cert_file).
+  bool metrics_tls = false;
+  // Bearer tokens and their scopes (server/auth/token_store.h); empty = no
+  // authentication. Re-read on SIGHUP.
+  std::string auth_tokens_file;
+  // With authentication on: grpc.health.v1 needs no token.
+  bool auth_open_health = true;
+  // With authentication on: server reflection needs no token.
+  bool auth_open_reflection = false;
+  // Per principal (token; client address without authentication): most calls
+  // in flight, 0 = unlimited. A token's own max_concurrent= overrides it.
+  int limit_concurrency = 0;
+  // Per principal: sustained calls per second, 0 = unlimited (token: rps=).
+  double limit_rps = 0;
+  // Per principal: calls allowed at once above the rate, 0 = max(1, rps) (token: burst=).
+  double limit_burst = 0;
+  // Refuse an Embed at once with RESOURCE_EXHAUSTED when the batching queue
+  // ahead of it would outlast its deadline (instead of queueing it to expire).
+  bool shed_on_deadline = true;
   // CPU cores this process may use (detected, not a flag).
   CpuBudget cpu;
 };

@@ -50,7 +50,8 @@ int main(int argc, char** argv) {
     int sig = 0;
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig == SIGHUP) {
-      LogEvent(LogLevel::kInfo, "sighup", {{"action", "nothing to reload"}});
+      // Re-reads the tokens file; errors are logged and the old tokens kept.
+      (void)(*server)->ReloadAuth();
       continue;
     }
     LogEvent(LogLevel::kInfo, "signal", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});

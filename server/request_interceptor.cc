@@ -1,21 +1,42 @@
 #include "server/request_interceptor.h"
 
+#include <grpc/grpc.h>
 #include <grpcpp/server_context.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <map>
+#include <optional>
 #include <random>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "server/auth/access_control.h"
 #include "server/logging.h"
+#include "server/retry_hint.h"
 #include "server/status_util.h"
 
 namespace maskserve::server {
 namespace {
 
 using grpc::experimental::InterceptionHookPoints;
+
+// Where the interceptor leaves its verdict for the handler, in the call's
+// client metadata ("<code>:<retry_ms>:<message>"). A value the client sent
+// under this key is removed first, so it can never be forged.
+constexpr char kAdmissionKey[] = "x-maskserve-admission";
+constexpr char kAuthorizationKey[] = "authorization";
+
+// Removes every entry of `key`.
+void EraseKey(std::multimap<grpc::string_ref, grpc::string_ref>* md, const char* key) {
+  auto range = md->equal_range(key);
+  md->erase(range.first, range.second);
+}
 
 std::string NewRequestId() {
   // Random 64-bit prefix per process + a counter: unique and cheap.
@@ -37,8 +58,10 @@ bool ValidRequestId(absl::string_view id) {
 
 class RequestInterceptor : public grpc::experimental::Interceptor {
  public:
-  RequestInterceptor(grpc::experimental::ServerRpcInfo* info, RpcObserver* observer)
-      : info_(info), observer_(observer), start_(std::chrono::steady_clock::now()) {
+  RequestInterceptor(grpc::experimental::ServerRpcInfo* info, RpcObserver* observer,
+                     AccessController* access)
+      : info_(info), observer_(observer), access_(access),
+        start_(std::chrono::steady_clock::now()) {
     SplitMethod(info->method(), &service_, &method_);
     if (observer_ != nullptr) observer_->OnRpcStart(service_, method_);
   }
@@ -57,6 +80,7 @@ class RequestInterceptor : public grpc::experimental::Interceptor {
         md->emplace(grpc::string_ref(kRequestIdKey), grpc::string_ref(request_id_));
       }
       peer_ = info_->server_context()->peer();
+      Admit(md);
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
         !logged_start_) {
@@ -72,9 +96,17 @@ class RequestInterceptor : public grpc::experimental::Interceptor {
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       grpc::Status st = methods->GetSendStatus();
-      code_ = st.error_code();
-      message_ = st.error_message();
-      done_ = true;
+      if (!refused_) {
+        code_ = st.error_code();
+        message_ = st.error_message();
+        done_ = true;
+      }
+      if (!st.error_details().empty()) {
+        if (std::optional<absl::Duration> delay = RetryDelayFromStatusDetails(st.error_details())) {
+          methods->GetSendTrailingMetadata()->emplace(
+              kRetryAfterMsKey, absl::StrCat(absl::ToInt64Milliseconds(*delay)));
+        }
+      }
     }
     methods->Proceed();
   }
@@ -96,16 +128,57 @@ class RequestInterceptor : public grpc::experimental::Interceptor {
               {"code", code},
               {"duration_ms", absl::StrFormat("%.3f", seconds * 1e3)},
               {"peer", peer_},
+              {"principal", decision_.principal},
               {"error", failed ? message_ : std::string()}});
   }
 
  private:
+  // Access control on the client's initial metadata (see the header).
+  void Admit(std::multimap<grpc::string_ref, grpc::string_ref>* md) {
+    EraseKey(md, kAdmissionKey);
+    std::optional<absl::string_view> authorization;
+    std::string auth_value;
+    auto it = md->find(kAuthorizationKey);
+    if (it != md->end()) {
+      auth_value.assign(it->second.data(), it->second.size());
+      authorization = auth_value;
+    }
+    // Handlers never see the token.
+    EraseKey(md, kAuthorizationKey);
+    if (access_ == nullptr) return;
+    decision_ = access_->Admit(info_->method(), authorization, peer_);
+    // Overwrite the secret before the string is freed.
+    std::fill(auth_value.begin(), auth_value.end(), '\0');
+    if (decision_.status.ok()) return;
+    refused_ = true;
+    done_ = true;
+    code_ = static_cast<grpc::StatusCode>(decision_.status.code());
+    message_ = std::string(decision_.status.message());
+    const std::optional<absl::Duration> retry = RetryAfterOf(decision_.status);
+    admission_ = absl::StrCat(static_cast<int>(code_), ":",
+                              retry ? absl::ToInt64Milliseconds(*retry) : 0, ":", message_);
+    md->emplace(grpc::string_ref(kAdmissionKey), grpc::string_ref(admission_));
+    if (code_ != grpc::StatusCode::RESOURCE_EXHAUSTED ||
+        !absl::StartsWith(service_, "maskserve.v1.")) {
+      // Refused whatever the handler does (health and reflection have none of ours).
+      grpc_call_cancel_with_status(info_->server_context()->c_call(),
+                                   static_cast<grpc_status_code>(code_), message_.c_str(),
+                                   nullptr);
+    }
+  }
+
   grpc::experimental::ServerRpcInfo* info_;
   RpcObserver* observer_;
+  AccessController* access_;
   std::chrono::steady_clock::time_point start_;
   std::string service_, method_, request_id_, peer_, message_;
+  // The verdict; its permit holds the call's concurrency slot until the
+  // interceptor is destroyed with the call.
+  AccessDecision decision_;
+  std::string admission_;
   grpc::StatusCode code_ = grpc::StatusCode::OK;
   bool done_ = false;
+  bool refused_ = false;
   bool logged_start_ = false;
 };
 
@@ -125,7 +198,24 @@ void SplitMethod(absl::string_view full, std::string* service, std::string* meth
 
 grpc::experimental::Interceptor* RequestInterceptorFactory::CreateServerInterceptor(
     grpc::experimental::ServerRpcInfo* info) {
-  return new RequestInterceptor(info, observer_);
+  return new RequestInterceptor(info, observer_, access_);
+}
+
+absl::Status CallAdmission(const grpc::ServerContextBase& context) {
+  const auto& md = context.client_metadata();
+  auto it = md.find(kAdmissionKey);
+  if (it == md.end()) return absl::OkStatus();
+  const absl::string_view v(it->second.data(), it->second.size());
+  std::vector<absl::string_view> parts = absl::StrSplit(v, absl::MaxSplits(':', 2));
+  int code = 0;
+  int64_t retry_ms = 0;
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &code) ||
+      !absl::SimpleAtoi(parts[1], &retry_ms) || code <= 0 || code > 16) {
+    return absl::InternalError("malformed admission verdict");
+  }
+  absl::Status s(static_cast<absl::StatusCode>(code), parts[2]);
+  if (retry_ms > 0) s = WithRetryAfter(std::move(s), absl::Milliseconds(retry_ms));
+  return s;
 }
 
 std::string RequestIdOf(const grpc::ServerContextBase& context) {

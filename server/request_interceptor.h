@@ -1,7 +1,18 @@
 // Cross-cutting per-RPC work, done once for every service: a request id
 // (from x-request-id metadata, or generated and inserted into the call's
 // metadata so handlers and logs share it, and echoed back to the client),
-// one access-log line per call, and the request count / latency metrics.
+// access control (server/auth/access_control.h), one access-log line per
+// call, the request count / latency metrics, and the `retry-after-ms`
+// trailer of a status carrying a retry hint.
+//
+// Access control runs when the client's metadata arrives, before any
+// handler. A call refused by authentication or authorisation is cancelled
+// with its status there and then (UNAUTHENTICATED / PERMISSION_DENIED reach
+// the client whatever the handler does). Every refusal is also left for the
+// handler to see (CallAdmission below), so maskserve handlers finish at once
+// without doing any work; a call refused by a limit is finished that way,
+// which lets its RESOURCE_EXHAUSTED carry the retry hint. The authorization
+// metadata is removed from what handlers see, and no log line contains it.
 #pragma once
 
 #include <grpcpp/support/server_interceptor.h>
@@ -10,9 +21,16 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 
+namespace grpc {
+class ServerContextBase;
+}
+
 namespace maskserve::server {
+
+class AccessController;
 
 // Metadata key carrying the request id in both directions.
 inline constexpr char kRequestIdKey[] = "x-request-id";
@@ -31,14 +49,22 @@ void SplitMethod(absl::string_view full, std::string* service, std::string* meth
 
 class RequestInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  // `observer` may be null; it must outlive the server.
-  explicit RequestInterceptorFactory(RpcObserver* observer) : observer_(observer) {}
+  // `observer` and `access` may be null (no metrics / admit everything);
+  // both must outlive the server.
+  explicit RequestInterceptorFactory(RpcObserver* observer, AccessController* access = nullptr)
+      : observer_(observer), access_(access) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override;
 
  private:
   RpcObserver* observer_;
+  AccessController* access_;
 };
+
+// The access-control verdict on the call: OK, or the status its handler
+// must finish with at once (UNAUTHENTICATED, PERMISSION_DENIED, or
+// RESOURCE_EXHAUSTED with a retry hint). OK when no interceptor ran.
+absl::Status CallAdmission(const grpc::ServerContextBase& context);
 
 // The request id of the call (always present once the interceptor ran).
 std::string RequestIdOf(const grpc::ServerContextBase& context);

@@ -2,10 +2,13 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -18,6 +21,38 @@
 #include "server/services/models_service.h"
 
 namespace maskserve::server {
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const char* flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (!in || ss.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": cannot read '", path, "'"));
+  }
+  return ss.str();
+}
+
+// Insecure, TLS, or mutual TLS, from the --tls_* flags.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFor(
+    const ServerOptions& o) {
+  if (o.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  absl::StatusOr<std::string> cert = ReadPem("tls_cert_file", o.tls_cert_file);
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadPem("tls_key_file", o.tls_key_file);
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!o.tls_client_ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadPem("tls_client_ca_file", o.tls_client_ca_file);
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
 
 // Feeds finished RPCs into maskserve_requests_total / _duration_seconds.
 // Also counts calls in flight, so shutdown can drain them before stopping
@@ -95,6 +130,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   metrics::RegisterProcessCollector(&s->metrics_registry_);
   s->observer_ = std::make_unique<MetricsObserver>(s->server_metrics_.get());
 
+  AccessControlOptions ao;
+  ao.tokens_file = s->options_.auth_tokens_file;
+  ao.open_health = s->options_.auth_open_health;
+  ao.open_reflection = s->options_.auth_open_reflection;
+  ao.default_limits.max_concurrent = s->options_.limit_concurrency;
+  ao.default_limits.rps = s->options_.limit_rps;
+  ao.default_limits.burst = s->options_.limit_burst;
+  ao.registry = &s->metrics_registry_;
+  absl::StatusOr<std::unique_ptr<AccessController>> access = AccessController::Create(ao);
+  if (!access.ok()) return access.status();
+  s->access_ = std::move(*access);
+  struct stat st {};
+  if (s->access_->auth_enabled() && ::stat(s->options_.auth_tokens_file.c_str(), &st) == 0 &&
+      (st.st_mode & (S_IROTH | S_IWOTH)) != 0) {
+    LogEvent(LogLevel::kWarning, "auth_tokens_file_permissions",
+             {{"path", s->options_.auth_tokens_file},
+              {"advice", "other users can read it; chmod 600 (or store sha256: digests)"}});
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      ServerCredentialsFor(s->options_);
+  if (!credentials.ok()) return credentials.status();
+
   Server* self = s.get();
   s->registry_ = std::make_unique<ModelRegistry>(s->options_.models, [self](const ModelSpec& spec) {
     return LoadModelForServing(spec, self->options_);
@@ -148,7 +205,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
                                             ? absl::StrCat("[", s->options_.bind, "]")
                                             : s->options_.bind,
                                         ":", s->options_.port);
-  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &s->grpc_port_);
+  builder.AddListeningPort(addr, *credentials, &s->grpc_port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(s->options_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(s->options_.max_message_bytes));
   if (s->options_.max_connection_age_s > 0) {
@@ -165,7 +222,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   builder.RegisterService(s->embedding_service_.get());
   builder.RegisterService(s->generation_service_.get());
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(std::make_unique<RequestInterceptorFactory>(s->observer_.get()));
+  interceptors.push_back(
+      std::make_unique<RequestInterceptorFactory>(s->observer_.get(), s->access_.get()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   s->grpc_server_ = builder.BuildAndStart();
   if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {
@@ -180,6 +238,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     eo.port = s->options_.metrics_port;
     eo.registry = &s->metrics_registry_;
     eo.ready = [self] { return self->Ready(); };
+    if (s->options_.metrics_tls) {
+      eo.tls_cert_file = s->options_.tls_cert_file;
+      eo.tls_key_file = s->options_.tls_key_file;
+    }
     absl::StatusOr<std::unique_ptr<metrics::HttpExporter>> ex = metrics::HttpExporter::Create(eo);
     if (!ex.ok()) {
       s->grpc_server_->Shutdown();
@@ -192,9 +254,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   for (const ModelSpec& m : s->options_.models) names.push_back(m.name + "=" + m.path);
   LogEvent(LogLevel::kInfo, "listening",
            {{"grpc", absl::StrCat(s->options_.bind, ":", s->grpc_port_)},
-            {"metrics", s->exporter_ ? absl::StrCat("http://", s->options_.bind, ":",
-                                                    s->exporter_->port(), "/metrics")
+            {"metrics", s->exporter_ ? absl::StrCat(s->options_.metrics_tls ? "https://" : "http://",
+                                                    s->options_.bind, ":", s->exporter_->port(),
+                                                    "/metrics")
                                      : std::string("off")},
+            {"tls", s->options_.tls_cert_file.empty()          ? "off"
+                    : s->options_.tls_client_ca_file.empty() ? "on"
+                                                               : "mutual"},
+            {"auth", s->access_->auth_enabled() ? "bearer" : "off"},
             {"models", absl::StrJoin(names, ",")},
             {"cpu_cores", absl::StrCat(s->options_.cpu.usable_cores)},
             {"cpu_source", s->options_.cpu.source}});
@@ -281,6 +348,22 @@ void Server::Shutdown(double grace_s) {
   } else {
     Wait();
   }
+}
+
+absl::Status Server::ReloadAuth() {
+  if (!access_->auth_enabled()) {
+    LogEvent(LogLevel::kInfo, "sighup", {{"action", "nothing to reload (no --auth_tokens_file)"}});
+    return absl::OkStatus();
+  }
+  absl::StatusOr<size_t> n = access_->Reload();
+  if (!n.ok()) {
+    // The message names the file and line, never a token.
+    LogEvent(LogLevel::kError, "auth_reload_failed",
+             {{"error", std::string(n.status().message())}, {"kept", "previous tokens"}});
+    return n.status();
+  }
+  LogEvent(LogLevel::kInfo, "auth_reloaded", {{"tokens", absl::StrCat(*n)}});
+  return absl::OkStatus();
 }
 
 void Server::Wait() {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "server/auth/access_control.h"
 #include "server/config.h"
 #include "server/metrics/http_exporter.h"
 #include "server/metrics/registry.h"
@@ -52,6 +53,10 @@ class Server {
   // Blocks until Shutdown() has completed.
   void Wait();
 
+  // SIGHUP: re-reads --auth_tokens_file (the old tokens stay in force when
+  // it does not parse) and logs the outcome, never a token.
+  absl::Status ReloadAuth();
+
  private:
   class MetricsObserver;
 
@@ -63,6 +68,8 @@ class Server {
   metrics::MetricsRegistry metrics_registry_;
   std::unique_ptr<metrics::ServerMetrics> server_metrics_;
   std::unique_ptr<MetricsObserver> observer_;
+  // Authentication, scopes and per-principal limits (server/auth/).
+  std::unique_ptr<AccessController> access_;
   std::unique_ptr<ModelRegistry> registry_;
   // CPU work of handlers (tokenisation ...); sized from the CPU budget.
   std::unique_ptr<WorkerPool> cpu_pool_;

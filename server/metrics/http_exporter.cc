@@ -27,9 +27,23 @@ absl::StatusOr<std::unique_ptr<HttpExporter>> HttpExporter::Create(
   if (options.port < 0 || options.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("invalid metrics port ", options.port));
   }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("HttpExporterOptions: tls_cert_file and tls_key_file go together");
+  }
   std::unique_ptr<HttpExporter> e(new HttpExporter());
   e->options_ = options;
-  e->server_ = std::make_unique<httplib::Server>();
+  if (options.tls_cert_file.empty()) {
+    e->server_ = std::make_unique<httplib::Server>();
+  } else {
+    auto tls = std::make_unique<httplib::SSLServer>(options.tls_cert_file.c_str(),
+                                                    options.tls_key_file.c_str());
+    if (!tls->is_valid()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "metrics HTTPS: cannot use certificate '", options.tls_cert_file, "' with key '",
+          options.tls_key_file, "'"));
+    }
+    e->server_ = std::move(tls);
+  }
   httplib::Server& svr = *e->server_;
   svr.new_task_queue = [] { return new httplib::ThreadPool(kWorkerThreads); };
   // httplib's default sets SO_REUSEPORT, which would let a second process

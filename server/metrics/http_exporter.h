@@ -3,7 +3,7 @@
 //   GET /metrics  the registry in text exposition format 0.0.4
 //   GET /healthz  200 "ok" while the process runs
 //   GET /readyz   200 "ready" when ready() is true, else 503 "not ready"
-// Anything else is 404. Kept apart from the gRPC port so probes and scrapes
+// Anything else is 404. Over HTTPS when given a certificate. Kept apart from the gRPC port so probes and scrapes
 // never queue behind inference traffic.
 #pragma once
 
@@ -31,6 +31,10 @@ struct HttpExporterOptions {
   const MetricsRegistry* registry = nullptr;
   // Readiness for /readyz, called on the HTTP thread; empty means always ready.
   std::function<bool()> ready;
+  // HTTPS with this PEM certificate chain and private key (both or neither);
+  // empty = plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 class HttpExporter {

@@ -7,6 +7,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "server/retry_hint.h"
 
 namespace maskserve::server {
 namespace {
@@ -208,9 +209,11 @@ absl::StatusOr<GenerationHandle> ContinuousBatcher::Submit(
   if (stopping_) return absl::UnavailableError("the server is shutting down");
   if (queued_new_ >= options_.max_queue_size) {
     if (metrics_) metrics_->rejected_queue_full->Inc();
-    return absl::ResourceExhaustedError(
-        absl::StrCat("model '", options_.model, "' has ", queued_new_,
-                     " generation requests waiting (--max_queue_size); retry later"));
+    return WithRetryAfter(
+        absl::ResourceExhaustedError(
+            absl::StrCat("model '", options_.model, "' has ", queued_new_,
+                         " generation requests waiting (--max_queue_size); retry later")),
+        absl::Milliseconds(100));
   }
   r->id = next_id_++;
   const GenerationHandle handle{r->id};

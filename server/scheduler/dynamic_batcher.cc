@@ -7,6 +7,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "server/retry_hint.h"
 
 namespace maskserve::server::internal {
 namespace {
@@ -41,6 +42,7 @@ struct BatcherCore::Metrics {
   metrics::Counter* rejected_queue_full = nullptr;
   metrics::Counter* rejected_deadline = nullptr;
   metrics::Counter* rejected_cancelled = nullptr;
+  metrics::Counter* rejected_shed = nullptr;
 
   static absl::StatusOr<std::unique_ptr<Metrics>> Create(metrics::MetricsRegistry* registry,
                                                          const std::string& model) {
@@ -82,6 +84,7 @@ struct BatcherCore::Metrics {
     m->rejected_queue_full = (*rejected)->WithLabels({model, "queue_full"});
     m->rejected_deadline = (*rejected)->WithLabels({model, "deadline"});
     m->rejected_cancelled = (*rejected)->WithLabels({model, "cancelled"});
+    m->rejected_shed = (*rejected)->WithLabels({model, "shed"});
     return m;
   }
 };
@@ -156,12 +159,35 @@ absl::StatusOr<RequestHandle> BatcherCore::Submit(std::shared_ptr<CoreRequest> r
         "the request has ", n, " inputs but model ", options_.model, "'s batching queue holds at most ",
         options_.max_queue_size, " (max_queue_size); split it into smaller requests"));
   }
+  // Time for the workers to get through what is queued and running now.
+  const absl::Duration drain = absl::Seconds(
+      static_cast<double>(queued_tokens_ + running_tokens_) * seconds_per_token_ /
+      options_.num_workers);
   if (pending + n > options_.max_queue_size) {
     if (metrics_) metrics_->rejected_queue_full->Inc();
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "model ", options_.model, "'s batching queue is full (", pending, " of ",
-        options_.max_queue_size, " inputs pending, this request adds ", n,
-        "); retry after a short backoff"));
+    return WithRetryAfter(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "model ", options_.model, "'s batching queue is full (", pending, " of ",
+            options_.max_queue_size, " inputs pending, this request adds ", n,
+            "); retry after a short backoff")),
+        std::max(drain, absl::Milliseconds(10)));
+  }
+  if (options_.shed_on_deadline && seconds_per_token_ > 0 &&
+      deadline != absl::InfiniteFuture()) {
+    const absl::Duration done_in =
+        drain + absl::Seconds(static_cast<double>(tokens) * seconds_per_token_);
+    if (now + done_in > deadline) {
+      if (metrics_) metrics_->rejected_shed->Inc();
+      return WithRetryAfter(
+          absl::ResourceExhaustedError(absl::StrCat(
+              "model ", options_.model, " is overloaded: the ", pending,
+              " inputs queued ahead would take about ",
+              absl::FormatDuration(absl::Trunc(done_in, absl::Milliseconds(1))),
+              ", past this request's deadline in ",
+              absl::FormatDuration(absl::Trunc(deadline - now, absl::Milliseconds(1))),
+              "; retry later or elsewhere")),
+          std::max(drain, absl::Milliseconds(10)));
+    }
   }
   request->id = next_id_++;
   request->enqueue_time = now;
@@ -305,6 +331,7 @@ BatcherCore::Batch BatcherCore::FormBatchLocked(absl::Time now) {
     it->item->timing.queue_wait = now - request.enqueue_time;
     --request.queued;
     queued_tokens_ -= it->item->tokens;
+    running_tokens_ += it->item->tokens;
     batch.entries.push_back(std::move(*it));
     queue_.erase(it);
   }
@@ -346,6 +373,12 @@ void BatcherCore::RunBatch(Batch batch) {
   std::vector<Finished> finished;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    running_tokens_ -= batch.tokens;
+    if (status.ok() && batch.tokens > 0) {
+      const double spt = absl::ToDoubleSeconds(inference) / static_cast<double>(batch.tokens);
+      seconds_per_token_ =
+          seconds_per_token_ == 0 ? spt : 0.8 * seconds_per_token_ + 0.2 * spt;
+    }
     for (const Queued& q : batch.entries) {
       CoreRequest& request = *q.request;
       --request.remaining;

@@ -54,6 +54,11 @@ struct DynamicBatcherOptions {
   // Queued items after the oldest searched for similar lengths (at least
   // max_batch_size - 1 are searched); 0 = strict FIFO, no length grouping.
   int length_grouping_window = 128;
+  // Refuse a request at Submit (RESOURCE_EXHAUSTED with a retry hint,
+  // server/retry_hint.h) when the work queued and running ahead of it, at the
+  // recently measured engine speed, would not be done before its deadline,
+  // instead of queueing it only to expire. No estimate before the first batch.
+  bool shed_on_deadline = false;
   // Time source; nullptr = RealClock::Get(). Must outlive the batcher.
   Clock* clock = nullptr;
   // Model name: the `model` metric label, thread names and error messages.
@@ -200,6 +205,10 @@ class BatcherCore {
   // Guarded by mu_: pending items, oldest first.
   std::list<Queued> queue_;
   int64_t queued_tokens_ = 0;
+  // Tokens of the batches running now.
+  int64_t running_tokens_ = 0;
+  // Moving average of engine seconds per token of one worker (0 = no batch yet).
+  double seconds_per_token_ = 0;
   // Earliest deadline among queued requests (may be stale-early after removals).
   absl::Time next_expiry_ = absl::InfiniteFuture();
   absl::flat_hash_map<uint64_t, std::shared_ptr<CoreRequest>> active_;
@@ -240,7 +249,8 @@ class DynamicBatcher {
   // runs. Errors: INVALID_ARGUMENT (no inputs, negative tokens),
   // DEADLINE_EXCEEDED (`deadline` already passed), RESOURCE_EXHAUSTED (the
   // queue would exceed max_queue_size; the message says to retry later, or to
-  // split a request larger than the whole queue), UNAVAILABLE (shutting down).
+  // split a request larger than the whole queue; or, with shed_on_deadline,
+  // the queue would outlast `deadline`), UNAVAILABLE (shutting down).
   // An item still queued at `deadline` fails the request with DEADLINE_EXCEEDED.
   absl::StatusOr<RequestHandle> Submit(std::vector<BatchInput<Input>> inputs, absl::Time deadline,
                                        DoneFn on_done);

@@ -72,7 +72,7 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
         start_(absl::Now()) {}
 
   void Start() {
-    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+    if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
       Finish(ToGrpcStatus(s));
       return;
     }
@@ -193,6 +193,7 @@ absl::StatusOr<EmbeddingRunner*> EmbeddingService::RunnerFor(
   ro.batching.max_batch_tokens = o.max_batch_tokens;
   ro.batching.max_queue_delay = absl::Microseconds(o.max_queue_delay_us);
   ro.batching.max_queue_size = o.max_queue_size;
+  ro.batching.shed_on_deadline = o.shed_on_deadline;
   ro.batching.num_workers = o.workers > 0 ? o.workers : 1;
   ro.batching.model = name;
   ro.batching.registry = deps_.metrics;
@@ -392,7 +393,7 @@ grpc::ServerUnaryReactor* EmbeddingService::Tokenize(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* EmbeddingService::RunOnPool(grpc::CallbackServerContext* context,
                                                       std::function<absl::Status()> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (absl::Status s = deps_.registry->AcceptingWork(); !s.ok()) {
+  if (absl::Status s = AdmitCall(*context, *deps_.registry); !s.ok()) {
     reactor->Finish(ToGrpcStatus(s));
     return reactor;
   }

@@ -135,7 +135,7 @@ class GenerateCall final : public grpc::ServerUnaryReactor {
         start_(absl::Now()) {}
 
   void Start() {
-    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+    if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
       life_.Release();
       Finish(ToGrpcStatus(s));
       return;
@@ -241,7 +241,7 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<grpc::ByteBuffe
       : service_(service), context_(context), raw_request_(request), start_(absl::Now()) {}
 
   void Start() {
-    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+    if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
       life_.Release();
       FinishNow(ToGrpcStatus(s));
       return;
@@ -468,7 +468,7 @@ class ParaphraseCall final : public grpc::ServerUnaryReactor {
         start_(absl::Now()) {}
 
   void Start() {
-    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+    if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
       life_.Release();
       Finish(ToGrpcStatus(s));
       return;

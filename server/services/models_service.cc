@@ -1,5 +1,6 @@
 #include "server/services/models_service.h"
 
+#include "server/request_interceptor.h"
 #include "server/services/proto_convert.h"
 #include "server/status_util.h"
 
@@ -54,6 +55,11 @@ void ModelsService::Fill(const ModelSnapshot& snap, pb::ModelInfo* info) const {
 grpc::ServerUnaryReactor* ModelsService::ListModels(grpc::CallbackServerContext* context,
                                                     const pb::ListModelsRequest* /*request*/,
                                                     pb::ListModelsResponse* response) {
+  if (absl::Status s = CallAdmission(*context); !s.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
   for (const ModelSnapshot& snap : registry_->List()) Fill(snap, response->add_models());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
@@ -64,6 +70,10 @@ grpc::ServerUnaryReactor* ModelsService::GetModel(grpc::CallbackServerContext* c
                                                   const pb::GetModelRequest* request,
                                                   pb::ModelInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = CallAdmission(*context); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
   if (request->name().empty()) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name must be set"));
     return reactor;

@@ -1,6 +1,7 @@
 #include "server/services/service_util.h"
 
 #include "absl/strings/str_cat.h"
+#include "server/request_interceptor.h"
 #include "server/status_util.h"
 
 namespace maskserve::server {
@@ -9,6 +10,11 @@ absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> ResolveModel(
     const ModelRegistry& registry, const std::string& name, const char* field) {
   if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " must be set"));
   return registry.GetReady(name);
+}
+
+absl::Status AdmitCall(const grpc::ServerContextBase& context, const ModelRegistry& registry) {
+  if (absl::Status s = CallAdmission(context); !s.ok()) return s;
+  return registry.AcceptingWork();
 }
 
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,

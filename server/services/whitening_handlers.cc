@@ -32,7 +32,7 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> 
   FitWhiteningCall(EmbeddingService* service, grpc::CallbackServerContext* context,
                    grpc::ByteBuffer* response)
       : service_(service), context_(context), raw_response_(response) {
-    if (absl::Status s = service_->deps().registry->AcceptingWork(); !s.ok()) {
+    if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
       Fail(s);
       return;
     }
@@ -260,6 +260,7 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* EmbeddingService::FitWhitening(
 grpc::ServerUnaryReactor* EmbeddingService::GetWhitening(grpc::CallbackServerContext* context,
                                                          const pb::GetWhiteningRequest* request,
                                                          pb::WhiteningProfile* response) {
+  if (absl::Status s = CallAdmission(*context); !s.ok()) return FinishUnary(context, s);
   if (request->model().empty()) {
     return FinishUnary(context, absl::InvalidArgumentError("model must be set"));
   }
@@ -273,6 +274,7 @@ grpc::ServerUnaryReactor* EmbeddingService::GetWhitening(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* EmbeddingService::ListWhitening(grpc::CallbackServerContext* context,
                                                           const pb::ListWhiteningRequest* request,
                                                           pb::ListWhiteningResponse* response) {
+  if (absl::Status s = CallAdmission(*context); !s.ok()) return FinishUnary(context, s);
   if (request->model().empty()) {
     return FinishUnary(context, absl::InvalidArgumentError("model must be set"));
   }
@@ -287,6 +289,7 @@ grpc::ServerUnaryReactor* EmbeddingService::ListWhitening(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* EmbeddingService::DeleteWhitening(
     grpc::CallbackServerContext* context, const pb::DeleteWhiteningRequest* request,
     pb::DeleteWhiteningResponse* /*response*/) {
+  if (absl::Status s = CallAdmission(*context); !s.ok()) return FinishUnary(context, s);
   if (request->model().empty()) {
     return FinishUnary(context, absl::InvalidArgumentError("model must be set"));
   }
@@ -303,7 +306,7 @@ grpc::ServerUnaryReactor* EmbeddingService::DeleteWhitening(
 grpc::ServerUnaryReactor* EmbeddingService::ImportWhitening(
     grpc::CallbackServerContext* context, const pb::ImportWhiteningRequest* request,
     pb::WhiteningProfile* response) {
-  if (absl::Status s = deps_.registry->AcceptingWork(); !s.ok()) return FinishUnary(context, s);
+  if (absl::Status s = AdmitCall(*context, *deps_.registry); !s.ok()) return FinishUnary(context, s);
   const pb::WhiteningProfile& in = request->profile();
   auto model = ResolveModel(*deps_.registry, in.model(), "profile.model");
   if (!model.ok()) return FinishUnary(context, model.status());

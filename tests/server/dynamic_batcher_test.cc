@@ -14,6 +14,7 @@
 
 #include "server/metrics/registry.h"
 #include "server/scheduler/clock.h"
+#include "server/retry_hint.h"
 
 namespace maskserve::server {
 namespace {
@@ -673,6 +674,59 @@ TEST(DynamicBatcherStressTest, EveryRequestCompletesExactlyOnceWithItsOwnResults
                 ->WithLabels({"stress", "cancelled"})
                 ->Value(),
             cancelled);
+}
+
+}  // namespace
+}  // namespace maskserve::server
+
+namespace maskserve::server {
+namespace {
+
+TEST(DynamicBatcherTest, ShedsARequestTheQueueWouldMakeLate) {
+  FakeClock clock;
+  Recorder rec;
+  metrics::MetricsRegistry registry;
+  DynamicBatcherOptions o = FakeOptions(&clock);
+  o.max_batch_size = 1;
+  o.shed_on_deadline = true;
+  o.registry = &registry;
+  Latch entered, release;
+  std::atomic<int> batches{0};
+  // Declared before the batcher: its shutdown may still complete them.
+  Outcome a, b, c, e, late_but_unmeasured;
+  auto batcher = MakeBatcher(o, rec.Fn([&](absl::Span<Batcher::Item* const>) {
+    if (batches.fetch_add(1) == 0) {
+      clock.Advance(absl::Milliseconds(100));  // 10 tokens in 100 ms: 10 ms a token
+      return;
+    }
+    entered.Notify();
+    release.Wait();
+  }));
+  // No speed measured yet: nothing is shed, however tight the deadline.
+  ASSERT_TRUE(batcher->Submit(Inputs({{1, 10}}), clock.Now() + absl::Milliseconds(1), a.Fn()).ok());
+  ASSERT_TRUE(a.Wait().ok());
+  ASSERT_TRUE(batcher->Submit(Inputs({{2, 10}}), absl::InfiniteFuture(), b.Fn()).ok());
+  entered.Wait();  // 10 tokens running
+  ASSERT_TRUE(batcher->Submit(Inputs({{3, 10}}), absl::InfiniteFuture(), c.Fn()).ok());  // queued
+  // 20 tokens ahead + its own 10 at 10 ms each: done in 300 ms.
+  absl::StatusOr<RequestHandle> shed =
+      batcher->Submit(Inputs({{4, 10}}), clock.Now() + absl::Milliseconds(250),
+                      late_but_unmeasured.Fn());
+  ASSERT_FALSE(shed.ok());
+  EXPECT_EQ(shed.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(shed.status().message().find("overloaded"), absl::string_view::npos)
+      << shed.status();
+  EXPECT_EQ(RetryAfterOf(shed.status()), absl::Milliseconds(200));
+  ASSERT_TRUE(
+      batcher->Submit(Inputs({{5, 10}}), clock.Now() + absl::Milliseconds(350), e.Fn()).ok());
+  auto rejected = registry.AddCounter("maskserve_requests_rejected_total", "", {"model", "reason"});
+  ASSERT_TRUE(rejected.ok());
+  EXPECT_EQ((*rejected)->WithLabels({"m", "shed"})->Value(), 1);
+  release.Notify();
+  EXPECT_TRUE(b.Wait().ok());
+  EXPECT_TRUE(c.Wait().ok());
+  EXPECT_TRUE(e.Wait().ok());
+  EXPECT_EQ(late_but_unmeasured.calls(), 0);
 }
 
 }  // namespace
