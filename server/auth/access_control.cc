@@ -152,10 +152,12 @@ AccessDecision AccessController::Admit(absl::string_view method,
     if (scopes != 0 && (entry->scopes & scopes) == 0) {
       absl::string_view m = method;
       absl::ConsumePrefix(&m, "/");
-      return Fail(absl::PermissionDeniedError(absl::StrCat("token '", entry->name,
-                                                           "' lacks the scope '", ScopeList(scopes),
-                                                           "' that ", m, " needs")),
-                  "missing_scope");
+      AccessDecision d = Fail(
+          absl::PermissionDeniedError(absl::StrCat("token '", entry->name, "' lacks the scope '",
+                                                   ScopeList(scopes), "' that ", m, " needs")),
+          "missing_scope");
+      d.principal = entry->name;
+      return d;
     }
     // The store may be swapped by a reload while the call runs; keep what
     // the decision needs by value.
