@@ -41,7 +41,9 @@ absl::Status RejectField(bool set, const char* field, const char* why) {
 
 absl::StatusOr<GenerationPrompt> BuildGenerationPrompt(const GenerativeModel& model,
                                                        const Tokenizer* tokenizer,
-                                                       const GenerationInput& in) {
+                                                       const GenerationInput& in,
+                                                       const Tokenizer* target_tokenizer) {
+  if (target_tokenizer == nullptr) target_tokenizer = tokenizer;
   GenerationPrompt p;
   // Length of the part that plays "segment 0" for a UNILM mask.
   int prefix_length = 0;
@@ -126,7 +128,7 @@ absl::StatusOr<GenerationPrompt> BuildGenerationPrompt(const GenerativeModel& mo
         }
         p.ids.push_back(model.decoder_start_token_id());
         prefix_length = 1;
-        if (absl::Status s = AppendTargetPrefix(tokenizer, in, &p.ids); !s.ok()) return s;
+        if (absl::Status s = AppendTargetPrefix(target_tokenizer, in, &p.ids); !s.ok()) return s;
       }
       break;
     }

@@ -8,9 +8,9 @@
 //   UniLM            [CLS] source [SEP] with token type 0, then the target
 //                    prefix (no special tokens) with type 1; the UNILM mask's
 //                    prefix_length is the source part's length
-//   encoder-decoder  source ids (with the tokenizer's specials) for
+//   encoder-decoder  source ids (with the source tokenizer's specials) for
 //                    EncodeSource; decoder ids = decoder_start_token_id +
-//                    target prefix
+//                    target prefix (target tokenizer, no specials)
 //
 // Every error is INVALID_ARGUMENT (FAILED_PRECONDITION for a missing
 // tokenizer) naming the request field, so the server can pass it through.
@@ -60,9 +60,13 @@ struct GenerationPrompt {
   int prompt_tokens = 0;
 };
 
-// Builds the model input. `tokenizer` may be null (then only prompt_ids work).
+// Builds the model input. `tokenizer` may be null (then only prompt_ids
+// work). `target_tokenizer` encodes the target prefix of an encoder-decoder
+// model whose target vocabulary differs from its source's (OpenNMT,
+// Marian); null = `tokenizer`.
 absl::StatusOr<GenerationPrompt> BuildGenerationPrompt(const GenerativeModel& model,
                                                        const Tokenizer* tokenizer,
-                                                       const GenerationInput& input);
+                                                       const GenerationInput& input,
+                                                       const Tokenizer* target_tokenizer = nullptr);
 
 }  // namespace maskserve::engine

@@ -368,6 +368,14 @@ void RequestDecoder::PendingInputs(std::vector<PendingInput>* out) const {
   }
 }
 
+bool RequestDecoder::needs_encoder() const {
+  return !done_ && model_->kind() == GenerationKind::kEncoderDecoder && encoder_ == nullptr;
+}
+
+void RequestDecoder::SetEncoderState(std::shared_ptr<const EncoderState> state) {
+  encoder_ = std::move(state);
+}
+
 absl::StatusOr<StepSequence> RequestDecoder::PrepareChunk(KvCachePool* pool, int slot, int n) {
   if (done_ || slot < 0 || slot >= static_cast<int>(slots_.size())) {
     return absl::FailedPreconditionError(absl::StrCat("PrepareChunk: no running slot ", slot));

@@ -175,6 +175,16 @@ class RequestDecoder {
   // encoder-decoder models the first call also runs the encoder.
   absl::StatusOr<StepSequence> PrepareChunk(KvCachePool* pool, int slot, int n);
 
+  // Encoder-decoder models: whether the request has no encoder state yet.
+  // A scheduler may encode the sources of several such requests in one
+  // packed pass (GenerativeModel::EncodeSources of their source_ids()) and
+  // hand each its state with SetEncoderState; otherwise the first
+  // PrepareChunk encodes the source alone. The state outlives preemption
+  // (ReleaseKv keeps it: it holds no KV blocks).
+  bool needs_encoder() const;
+  absl::Span<const int32_t> source_ids() const { return prompt_.source_ids; }
+  void SetEncoderState(std::shared_ptr<const EncoderState> state);
+
   // The model wrote the chunk's keys/values; `logits` is its row when the
   // chunk reached the end of the sequence's tokens (want_logits), else empty.
   absl::Status CompleteChunk(int slot, int n, absl::Span<const float> logits);

@@ -442,6 +442,33 @@ bool ContinuousBatcher::RunStep() {
     }
   }
 
+  // 3b. Encoder-decoder models: the sources of every planned request that
+  // has no encoder state yet run through ONE packed encoder pass.
+  {
+    std::vector<Request*> need;
+    std::vector<absl::Span<const int32_t>> sources;
+    for (const Planned& p : plan) {
+      Request* r = p.request;
+      if (!r->decoder->needs_encoder() ||
+          std::find(need.begin(), need.end(), r) != need.end()) {
+        continue;
+      }
+      need.push_back(r);
+      sources.push_back(r->decoder->source_ids());
+    }
+    if (!need.empty()) {
+      absl::StatusOr<std::vector<std::shared_ptr<const engine::EncoderState>>> states =
+          model_->EncodeSources(sources);
+      if (states.ok() && states->size() == need.size()) {
+        for (size_t i = 0; i < need.size(); ++i) {
+          need[i]->decoder->SetEncoderState(std::move((*states)[i]));
+        }
+      }
+      // On failure each request's first PrepareChunk encodes its own source
+      // and reports its own error.
+    }
+  }
+
   // 4. Reserve KV positions; preempt the newest request when blocks run out.
   std::vector<Entry> entries;
   auto drop_entries = [&entries](Request* r) {

@@ -811,7 +811,7 @@ absl::StatusOr<PreparedGeneration> GenerationService::PrepareGenerate(
     in.mask = *mask;
   }
   absl::StatusOr<engine::GenerationPrompt> prompt =
-      engine::BuildGenerationPrompt(*gen, p.model->tokenizer(), in);
+      engine::BuildGenerationPrompt(*gen, p.model->tokenizer(), in, p.model->target_tokenizer());
   if (!prompt.ok()) return prompt.status();
 
   engine::DecodeOptions o;
@@ -837,7 +837,8 @@ absl::StatusOr<PreparedGeneration> GenerationService::PrepareGenerate(
   o.ignore_eos = req.ignore_eos();
   o.skip_special_tokens = !req.keep_special_tokens();
   absl::StatusOr<std::unique_ptr<engine::RequestDecoder>> decoder =
-      engine::RequestDecoder::Create(gen, p.model->tokenizer(), *std::move(prompt), std::move(o));
+      engine::RequestDecoder::Create(gen, p.model->target_tokenizer(), *std::move(prompt),
+                                     std::move(o));
   if (!decoder.ok()) return decoder.status();
   p.decoder = std::move(*decoder);
   p.tokenization_us = MicrosSince(start);
