@@ -92,6 +92,11 @@ absl::Status Validate(absl::string_view wire, const Descriptor& d, const std::st
         return absl::InvalidArgumentError(
             absl::StrCat(name, " is not valid UTF-8 at byte ", bad));
       }
+      // NUL is valid UTF-8 but no text needs it, and C-string APIs below
+      // (tokenizer libraries, logs) would silently cut the text there.
+      if (const size_t nul = bytes.find('\0'); nul != std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat(name, " contains a NUL byte at byte ", nul));
+      }
     } else if (absl::Status s = Validate(bytes, *f->message_type(), name + ".", depth + 1);
                !s.ok()) {
       return s;

@@ -20,8 +20,9 @@ namespace maskserve::server {
 
 // Checks every string field (recursively through sub-messages) of the
 // serialized message `wire` of type `descriptor`. INVALID_ARGUMENT names the
-// field path, the repeated index and the byte offset of the first bad byte;
-// a malformed wire encoding is INVALID_ARGUMENT too.
+// field path, the repeated index and the byte offset of the first bad byte
+// (invalid UTF-8, or a NUL byte); a malformed wire encoding is
+// INVALID_ARGUMENT too.
 absl::Status ValidateUtf8Fields(absl::string_view wire,
                                 const google::protobuf::Descriptor& descriptor);
 
