@@ -20,6 +20,14 @@
 // ratios come from the same minute of this machine's drifting speed
 // (stories260K is a Llama; the peer only runs GPT-2).
 //
+// Encoder-decoder models (Seq2SeqModel, FP32; the real OpenNMT
+// transliteration model and the golden t5-mini from ../shared): batch 1 and
+// 16 sources of --s2s_source random ids, ONE packed EncodeSources, then
+// greedy single-token packed decoder steps; tokens/s = batch / median step.
+// Their peer is bench/torch_seq2seq_peer.py (a standalone PyTorch 1.13
+// re-statement of the two models, checked against their reference outputs
+// with --verify), run on the same checkpoint right after ours in every pass.
+//
 //   generate_bench                   2 passes, GPT-2-small + stories260K, peer if torch is there
 //   generate_bench --passes 3 --new_tokens 48 --no_peer --json
 //   generate_bench --help
@@ -54,6 +62,8 @@
 #include "engine/onednn/engine_context.h"
 #include "engine/safetensors.h"
 #include "engine/safetensors_writer.h"
+#include "engine/seq2seq_arch.h"
+#include "engine/seq2seq_model.h"
 
 namespace {
 
@@ -69,6 +79,7 @@ using maskserve::engine::MatmulDType;
 using maskserve::engine::SafetensorsDtype;
 using maskserve::engine::SafetensorsModel;
 using maskserve::engine::SafetensorsWriter;
+using maskserve::engine::Seq2SeqModel;
 using maskserve::engine::SeqId;
 using maskserve::engine::StepSequence;
 using Clock = std::chrono::steady_clock;
@@ -86,6 +97,10 @@ struct Flags {
   bool stories = true;      // also stories260K (../shared/models/stories260K)
   std::string shared = "";  // ../shared (default: next to the source tree)
   std::string python = "/usr/bin/python3";
+  bool seq2seq = true;        // also the encoder-decoder models (OpenNMT, t5-mini)
+  bool causal = true;         // the causal LMs (GPT-2 small, stories260K)
+  int s2s_source = 24;        // source tokens per encoder-decoder stream
+  std::string s2s_peer = "";  // torch_seq2seq_peer.py (default: bench/ of this checkout)
 };
 
 [[noreturn]] void Die(const std::string& msg) {
@@ -382,6 +397,120 @@ bool PeerAvailable(const Flags& f, const std::string& script) {
   return std::system(cmd.c_str()) == 0;
 }
 
+// ------------------------------------------------------------- encoder-decoder
+
+absl::StatusOr<std::unique_ptr<Seq2SeqModel>> LoadS2S(const std::string& dir) {
+  absl::StatusOr<maskserve::engine::ModelConfig> config = maskserve::engine::LoadModelConfig(dir);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<maskserve::engine::Seq2SeqArch> arch =
+      maskserve::engine::Seq2SeqArchFromConfig(*config);
+  if (!arch.ok()) return arch.status();
+  absl::StatusOr<std::unique_ptr<SafetensorsModel>> w = SafetensorsModel::Open(dir);
+  if (!w.ok()) return w.status();
+  return Seq2SeqModel::Create(*arch, **w, {});
+}
+
+struct S2SResult {
+  double encode_s = 0;  // one packed encoder pass over every source
+  double step_s = 0;    // median seconds per decoder step (after the first)
+  double tokens_s = 0;  // batch / step_s
+};
+
+// `batch` random sources of `src_len` ids: one EncodeSources, the decoder
+// start token of every stream as one packed step, then `steps` greedy
+// single-token packed steps (EOS ignored).
+S2SResult DecodeS2S(const Seq2SeqModel& m, int batch, int src_len, int steps, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> tok(3, m.arch().source_vocab_size - 1);
+  std::vector<std::vector<int32_t>> src(batch, std::vector<int32_t>(src_len));
+  for (auto& s : src) {
+    for (int32_t& t : s) t = tok(rng);
+  }
+  std::vector<absl::Span<const int32_t>> spans(src.begin(), src.end());
+  S2SResult r;
+  const auto e0 = Clock::now();
+  absl::StatusOr<std::vector<std::shared_ptr<const maskserve::engine::EncoderState>>> states =
+      m.EncodeSources(spans);
+  r.encode_s = Seconds(e0, Clock::now());
+  if (!states.ok()) Die(std::string(states.status().message()));
+  const maskserve::engine::KvLayout l = m.kv_layout();
+  KvCacheOptions o;
+  o.block_size_tokens = 16;
+  o.num_layers = l.num_layers;
+  o.num_kv_heads = l.num_kv_heads;
+  o.head_dim = l.head_dim;
+  o.total_bytes = int64_t{batch} * ((steps + 2) / 16 + 2) * 2 * l.num_layers * l.num_kv_heads * 16 *
+                  l.head_dim * static_cast<int64_t>(sizeof(float));
+  absl::StatusOr<std::unique_ptr<KvCachePool>> pool = KvCachePool::Create(o);
+  if (!pool.ok()) Die(std::string(pool.status().message()));
+  const int V = m.vocab_size();
+  std::vector<SeqId> seqs(batch);
+  std::vector<int32_t> next(batch, m.decoder_start_token_id());
+  std::vector<StepSequence> step(batch);
+  for (int b = 0; b < batch; ++b) seqs[b] = (*pool)->AllocateSequence();
+  std::vector<float> logits;
+  std::vector<double> times;
+  for (int s = 0; s <= steps; ++s) {
+    for (int b = 0; b < batch; ++b) {
+      if (absl::Status st = (*pool)->Append(seqs[b], 1); !st.ok()) Die(std::string(st.message()));
+      step[b].kv_seq = seqs[b];
+      step[b].num_cached = s;
+      step[b].tokens = absl::MakeConstSpan(&next[b], 1);
+      step[b].mask = Causal();
+      step[b].encoder = (*states)[b].get();
+    }
+    const auto t0 = Clock::now();
+    if (absl::Status st = m.Forward(step, pool->get(), &logits); !st.ok()) {
+      Die(std::string(st.message()));
+    }
+    if (s > 0) times.push_back(Seconds(t0, Clock::now()));
+    for (int b = 0; b < batch; ++b) {
+      const float* row = logits.data() + static_cast<size_t>(b) * V;
+      next[b] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+    }
+  }
+  r.step_s = Median(times);
+  r.tokens_s = batch / r.step_s;
+  return r;
+}
+
+struct S2SPeerRow {
+  double decode_tokens_s = NAN;
+  double encode_ms = NAN;
+};
+
+// torch_seq2seq_peer.py on `dir`: batch -> row; `verified` gets its
+// --verify result (false when it did not report one).
+std::map<int, S2SPeerRow> RunS2SPeer(const Flags& f, const std::string& dir, int threads,
+                                     bool verify, bool* verified) {
+  std::map<int, S2SPeerRow> rows;
+  const std::string cmd =
+      absl::StrCat(f.python, " ", f.s2s_peer, " ", dir, " --batches 1,", f.batch, " --source-len ",
+                   f.s2s_source, " --new-tokens ", f.new_tokens, " --reps 2 --threads ", threads,
+                   verify ? " --verify" : "", " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return rows;
+  std::string out;
+  char line[4096];
+  while (std::fgets(line, sizeof(line), p) != nullptr) out += line;
+  pclose(p);
+  size_t start = 0;
+  while (start < out.size()) {
+    size_t end = out.find('\n', start);
+    if (end == std::string::npos) end = out.size();
+    json j = json::parse(out.substr(start, end - start), nullptr, false);
+    start = end + 1;
+    if (j.is_discarded()) continue;
+    if (j.contains("verify") && verified != nullptr) *verified = j["verify"].get<bool>();
+    if (!j.contains("peer") || !j.contains("batch")) continue;
+    S2SPeerRow r;
+    r.decode_tokens_s = j.value("decode_tokens_per_s", NAN);
+    r.encode_ms = j.value("encode_ms_median", NAN);
+    rows[j["batch"].get<int>()] = r;
+  }
+  return rows;
+}
+
 void Usage() {
   std::printf(
       "generate_bench: CausalLm decode / prefill tokens/s, bandwidth bound, PyTorch peer\n"
@@ -393,6 +522,10 @@ void Usage() {
       "  --threads N       OpenMP threads (CPU budget)\n"
       "  --no_peer         skip torch_gen_bench.py\n"
       "  --no_stories      skip stories260K\n"
+      "  --no_causal       skip the causal LMs (GPT-2 small, stories260K)\n"
+      "  --no_seq2seq      skip the encoder-decoder models (OpenNMT, t5-mini)\n"
+      "  --s2s_source N    source tokens per encoder-decoder stream (24)\n"
+      "  --s2s_peer FILE   torch_seq2seq_peer.py (bench/ of this checkout)\n"
       "Rows: model, dtype, matmul kernel (panel = PanelLinear, the FP32 default on AVX2-only "
       "CPUs;\n"
       "onednn = MatmulCache), each measured back to back in every pass.\n"
@@ -432,6 +565,14 @@ int main(int argc, char** argv) {
       f.peer = false;
     else if (a == "--no_stories")
       f.stories = false;
+    else if (a == "--no_causal")
+      f.causal = false;
+    else if (a == "--no_seq2seq")
+      f.seq2seq = false;
+    else if (a == "--s2s_source")
+      f.s2s_source = std::stoi(next());
+    else if (a == "--s2s_peer")
+      f.s2s_peer = next();
     else if (a == "--shared")
       f.shared = next();
     else if (a == "--json")
@@ -459,6 +600,18 @@ int main(int argc, char** argv) {
       }
     }
   }
+  if (f.s2s_peer.empty()) {
+    // bench/torch_seq2seq_peer.py of the first ancestor of this binary that
+    // has it (build trees live under the checkout).
+    std::error_code ec;
+    std::filesystem::path p = std::filesystem::read_symlink("/proc/self/exe", ec);
+    for (; !ec && p.has_parent_path() && p != p.parent_path(); p = p.parent_path()) {
+      if (std::filesystem::exists(p / "bench" / "torch_seq2seq_peer.py", ec)) {
+        f.s2s_peer = (p / "bench" / "torch_seq2seq_peer.py").string();
+        break;
+      }
+    }
+  }
   const int threads = f.threads > 0 ? f.threads : CpuBudget();
   maskserve::engine::SetNumThreads(threads);
   FILE* table = f.json_out ? stderr : stdout;
@@ -469,13 +622,16 @@ int main(int argc, char** argv) {
   if (tmp == nullptr) Die("mkdtemp failed");
   const std::string gpt2_dir = std::string(tmp) + "/gpt2-small";
   std::filesystem::create_directories(gpt2_dir);
-  std::fprintf(table, "writing a random GPT-2 small checkpoint to %s ...\n", gpt2_dir.c_str());
-  WriteGpt2Small(gpt2_dir);
+  if (f.causal) {
+    std::fprintf(table, "writing a random GPT-2 small checkpoint to %s ...\n", gpt2_dir.c_str());
+    WriteGpt2Small(gpt2_dir);
+  }
   // Per model and dtype: the default kernel choice (kAuto), plus the other
   // kernel when kAuto picked PanelLinear, to show what it buys.
   std::vector<Model> models;
   const std::string stories = f.shared + "/models/stories260K";
   for (const std::string& name : {std::string("gpt2-small"), std::string("stories260K")}) {
+    if (!f.causal) break;
     const std::string dir = name == "gpt2-small" ? gpt2_dir : stories;
     if (name == "stories260K" &&
         (!f.stories || !std::filesystem::exists(dir + "/model.safetensors"))) {
@@ -506,6 +662,32 @@ int main(int argc, char** argv) {
     std::fprintf(table,
                  "peer: skipped (%s or python3 torch missing; scripts/install-deps.sh --bench)\n",
                  peer_script.c_str());
+  }
+  struct S2S {
+    std::string name;
+    std::string dir;
+    std::unique_ptr<Seq2SeqModel> m;
+  };
+  std::vector<S2S> s2s;
+  if (f.seq2seq) {
+    for (const auto& [name, rel] : {std::pair<std::string, std::string>{
+                                        "opennmt-aren", "models/opennmt-aren-transliteration"},
+                                    {"t5-mini", "golden/models/t5-mini"}}) {
+      const std::string dir = f.shared + "/" + rel;
+      if (!std::filesystem::exists(dir + "/model.safetensors")) {
+        std::fprintf(table, "%s: skipped (%s not found)\n", name.c_str(), dir.c_str());
+        continue;
+      }
+      absl::StatusOr<std::unique_ptr<Seq2SeqModel>> m = LoadS2S(dir);
+      if (!m.ok()) Die(std::string(m.status().message()));
+      s2s.push_back({name, dir, std::move(*m)});
+    }
+  }
+  const bool s2s_peer = !s2s.empty() && f.peer && std::filesystem::exists(f.s2s_peer) &&
+                        std::system((f.python + " -c 'import torch' >/dev/null 2>&1").c_str()) == 0;
+  if (!s2s.empty() && f.peer && !s2s_peer) {
+    std::fprintf(table, "seq2seq peer: skipped (%s or python3 torch missing)\n",
+                 f.s2s_peer.c_str());
   }
   std::fprintf(table, "threads %d, oneDNN ISA %s, prompt %d, %d decode steps, packed batch %d\n",
                threads, maskserve::engine::IsaDescription().c_str(), f.prompt, f.new_tokens,
@@ -582,6 +764,55 @@ int main(int argc, char** argv) {
       }
       if (f.json_out) std::printf("%s\n", row.dump().c_str());
     }
+    for (const S2S& m : s2s) {
+      Acc& a = acc["s2s " + m.name];
+      const S2SResult d1 = DecodeS2S(*m.m, 1, f.s2s_source, f.new_tokens, 21 + pass);
+      const S2SResult dn = DecodeS2S(*m.m, f.batch, f.s2s_source, f.new_tokens, 22 + pass);
+      a.b1.push_back(d1.tokens_s);
+      a.bn.push_back(dn.tokens_s);
+      a.prefill_long.push_back(dn.encode_s * 1e3);
+      std::fprintf(table,
+                   "%-18s decode b1 %8.1f tok/s (%.2f ms/step) | decode b%d %8.1f tok/s (x%.1f) | "
+                   "encode %d x %d: %.2f ms\n",
+                   m.name.c_str(), d1.tokens_s, d1.step_s * 1e3, f.batch, dn.tokens_s,
+                   dn.tokens_s / d1.tokens_s, f.batch, f.s2s_source, dn.encode_s * 1e3);
+      json row = {{"model", m.name},
+                  {"kind", "seq2seq"},
+                  {"kernel", m.m->uses_panel_linear() ? "panel" : "onednn"},
+                  {"dtype", "fp32"},
+                  {"pass", pass},
+                  {"source_len", f.s2s_source},
+                  {"decode_b1_tokens_per_s", d1.tokens_s},
+                  {"decode_b" + std::to_string(f.batch) + "_tokens_per_s", dn.tokens_s},
+                  {"encode_b" + std::to_string(f.batch) + "_ms", dn.encode_s * 1e3},
+                  {"threads", threads}};
+      if (s2s_peer) {
+        bool verified = false;
+        std::map<int, S2SPeerRow> pr = RunS2SPeer(f, m.dir, threads, pass == 0, &verified);
+        if (pass == 0) {
+          std::fprintf(table, "  torch peer re-statement vs %s reference outputs: %s\n",
+                       m.name.c_str(), verified ? "identical ids" : "MISMATCH or no answer");
+        }
+        if (pr.count(1) && pr.count(f.batch)) {
+          const double p1 = pr[1].decode_tokens_s, pn = pr[f.batch].decode_tokens_s;
+          a.peer_b1.push_back(p1);
+          a.peer_bn.push_back(pn);
+          a.r_b1.push_back(d1.tokens_s / p1);
+          a.r_bn.push_back(dn.tokens_s / pn);
+          std::fprintf(table,
+                       "%-18s decode b1 %8.1f tok/s | decode b%d %8.1f tok/s | encode %.2f ms  "
+                       "=> ours/peer: b1 x%.2f, b%d x%.2f\n",
+                       "  torch-1.13 fp32", p1, f.batch, pn, pr[f.batch].encode_ms,
+                       d1.tokens_s / p1, f.batch, dn.tokens_s / pn);
+          row["peer_decode_b1_tokens_per_s"] = p1;
+          row["peer_decode_bn_tokens_per_s"] = pn;
+          row["peer_encode_bn_ms"] = pr[f.batch].encode_ms;
+        } else {
+          std::fprintf(table, "  seq2seq peer: no result\n");
+        }
+      }
+      if (f.json_out) std::printf("%s\n", row.dump().c_str());
+    }
   }
 
   std::fprintf(table,
@@ -611,6 +842,29 @@ int main(int argc, char** argv) {
                  fmt(a.prefill_short, "%.0f").c_str(), fmt(a.peer_b1, "%.1f").c_str(),
                  fmt(a.peer_bn, "%.1f").c_str(), fmt(a.r_b1, "x%.2f").c_str(),
                  fmt(a.r_bn, "x%.2f").c_str(), fmt(a.r_prefill, "x%.2f").c_str());
+  }
+  if (!s2s.empty()) {
+    std::fprintf(table,
+                 "\n| encoder-decoder (fp32, source %d) | decode b1 tok/s | decode b%d tok/s | "
+                 "b%d / b1 | encode b%d ms | peer b1 | peer b%d | ours/peer b1 | ours/peer b%d |\n",
+                 f.s2s_source, f.batch, f.batch, f.batch, f.batch, f.batch);
+    std::fprintf(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (const S2S& m : s2s) {
+      Acc& a = acc["s2s " + m.name];
+      std::vector<double> scale;
+      for (size_t i = 0; i < a.b1.size(); ++i) scale.push_back(a.bn[i] / a.b1[i]);
+      auto fmt = [](const std::vector<double>& v, const char* spec) {
+        if (v.empty()) return std::string("—");
+        char b[64];
+        std::snprintf(b, sizeof(b), spec, Median(v));
+        return std::string(b);
+      };
+      std::fprintf(table, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.name.c_str(),
+                   fmt(a.b1, "%.1f").c_str(), fmt(a.bn, "%.1f").c_str(),
+                   fmt(scale, "x%.1f").c_str(), fmt(a.prefill_long, "%.2f").c_str(),
+                   fmt(a.peer_b1, "%.1f").c_str(), fmt(a.peer_bn, "%.1f").c_str(),
+                   fmt(a.r_b1, "x%.2f").c_str(), fmt(a.r_bn, "x%.2f").c_str());
+    }
   }
   std::error_code ec;
   std::filesystem::remove_all(tmp, ec);
