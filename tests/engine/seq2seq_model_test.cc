@@ -16,19 +16,26 @@
 //     decoder input vs token by token, and a prefix fed in two chunks);
 //   - a packed batch of several requests (one EncodeSources, one Forward
 //     mixing a prefill chunk with decode tokens) equals the single runs;
-//   - argument errors (no encoder state, bad ids, masks) name the culprit.
+//   - argument errors (no encoder state, bad ids, masks) name the culprit;
+//   - LoadedModel serves a BART directory with its byte-level BPE tokenizer
+//     and a Marian directory with source.spm / target.spm, end to end
+//     through BuildGenerationPrompt and RequestDecoder.
 #include "engine/seq2seq_model.h"
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "engine/generation_input.h"
 #include "engine/kv_cache.h"
+#include "engine/loaded_model.h"
 #include "engine/model_config.h"
+#include "engine/request_decoder.h"
 #include "engine/safetensors.h"
 #include "engine/safetensors_writer.h"
 #include "engine/seq2seq_arch.h"
@@ -736,6 +743,131 @@ TEST(Seq2SeqModelErrorsTest, NameTheCulprit) {
   ss.encoder = foreign->get();
   EXPECT_THAT(m.Forward({&ss, 1}, pool.get(), &logits).message(),
               HasSubstr("needs the EncoderState"));
+}
+
+// Drives one RequestDecoder the way the ContinuousBatcher does (prefill,
+// then one token per step) until it is done.
+std::vector<GeneratedSequence> RunRequest(const GenerativeModel& model,
+                                          std::unique_ptr<RequestDecoder> d) {
+  std::unique_ptr<KvCachePool> pool = MakePool(model, 512);
+  std::vector<RequestDecoder::PendingInput> pending;
+  std::vector<float> logits;
+  for (int guard = 0; guard < 1000 && !d->done(); ++guard) {
+    d->PendingInputs(&pending);
+    std::vector<StepSequence> seqs;
+    for (const auto& p : pending) {
+      absl::StatusOr<StepSequence> s = d->PrepareChunk(pool.get(), p.slot, p.tokens);
+      EXPECT_TRUE(s.ok()) << s.status();
+      if (!s.ok()) return {};
+      seqs.push_back(*s);
+    }
+    EXPECT_TRUE(model.Forward(seqs, pool.get(), &logits).ok());
+    const int V = model.vocab_size();
+    for (size_t i = 0; i < pending.size(); ++i) {
+      EXPECT_TRUE(d->CompleteChunk(pending[i].slot, pending[i].tokens,
+                                   absl::MakeConstSpan(logits.data() + i * V, V))
+                      .ok());
+    }
+    EXPECT_TRUE(d->Advance(pool.get()).ok());
+  }
+  EXPECT_TRUE(d->done());
+  return d->TakeResults();
+}
+
+// Greedy ids straight from the model (one sequence, cache), `n` tokens.
+std::vector<int32_t> DirectGreedy(const GenerativeModel& m, absl::Span<const int32_t> source,
+                                  std::vector<int32_t> decoder, int n) {
+  absl::StatusOr<std::shared_ptr<const EncoderState>> state = m.EncodeSource(source);
+  EXPECT_TRUE(state.ok()) << state.status();
+  std::vector<std::vector<int32_t>> chunks = {decoder};
+  std::vector<int32_t> out;
+  for (int t = 0; t < n; ++t) {
+    const int32_t next = testing::Argmax(RunChunks(m, state->get(), chunks).back());
+    out.push_back(next);
+    chunks.push_back({next});
+  }
+  return out;
+}
+
+// GPT-2's bytes_to_unicode character of a printable ASCII byte is itself;
+// space is U+0120.
+std::string TinyBpeVocab() {
+  std::string v = R"({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, )";
+  for (int c = 0; c < 26; ++c)
+    absl::StrAppend(&v, "\"", std::string(1, 'a' + c), "\": ", 4 + c, ", ");
+  absl::StrAppend(&v, R"("\u0120": 30, "hi": 31, "\u0120w": 32})");
+  return v;
+}
+
+TEST(Seq2SeqLoadedModelTest, BartWithByteLevelBpe) {
+  Checkpoint c = MakeCheckpoint(Kind::kBart);
+  const std::string dir = WriteCheckpoint(Kind::kBart, c);
+  ASSERT_TRUE(WriteFileAtomically(dir + "/vocab.json", TinyBpeVocab()).ok());
+  ASSERT_TRUE(WriteFileAtomically(dir + "/merges.txt", "#version: 0.2\nh i\n\xC4\xA0 w\n").ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(dir + "/tokenizer_config.json", R"({"tokenizer_class": "BartTokenizer"})")
+          .ok());
+  absl::StatusOr<std::unique_ptr<LoadedModel>> lm = LoadedModel::Load({.path = dir});
+  ASSERT_TRUE(lm.ok()) << lm.status();
+  const GenerativeModel& m = *(*lm)->generator();
+  ASSERT_EQ(m.kind(), GenerationKind::kEncoderDecoder);
+  EXPECT_EQ((*lm)->tokenizer(), (*lm)->target_tokenizer());
+  EXPECT_EQ((*lm)->description().architecture, "bart");
+  GenerationInput in;
+  in.source = "hi world";
+  in.target_prefix = "hi";
+  absl::StatusOr<GenerationPrompt> p =
+      BuildGenerationPrompt(m, (*lm)->tokenizer(), in, (*lm)->target_tokenizer());
+  ASSERT_TRUE(p.ok()) << p.status();
+  // <s> hi Ġw o r l d </s>, decoding from </s> (BART's decoder start) + prefix.
+  EXPECT_EQ(p->source_ids, (std::vector<int32_t>{0, 31, 32, 18, 21, 15, 7, 2}));
+  EXPECT_EQ(p->ids, (std::vector<int32_t>{2, 31}));
+  EXPECT_EQ(p->prompt_tokens, 10);
+  DecodeOptions o;
+  o.max_new_tokens = 6;
+  o.ignore_eos = true;
+  absl::StatusOr<std::unique_ptr<RequestDecoder>> d =
+      RequestDecoder::Create(&m, (*lm)->target_tokenizer(), *p, o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  const std::vector<GeneratedSequence> r = RunRequest(m, std::move(*d));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].ids, DirectGreedy(m, p->source_ids, p->ids, 6));
+}
+
+TEST(Seq2SeqLoadedModelTest, MarianWithSourceAndTargetSpm) {
+  MASKSERVE_REQUIRE_SHARED(spm, "golden/models/t5-mini/spiece.model");
+  Checkpoint c = MakeCheckpoint(Kind::kMarian);
+  const std::string dir = WriteCheckpoint(Kind::kMarian, c);
+  std::filesystem::create_symlink(spm, dir + "/source.spm");
+  std::filesystem::create_symlink(spm, dir + "/target.spm");
+  ASSERT_TRUE(WriteFileAtomically(dir + "/vocab.json",
+                                  "{\"</s>\": 0, \"<unk>\": 1, \"\\u2581The\": 2, "
+                                  "\"\\u2581house\": 3, \"<pad>\": 49}")
+                  .ok());
+  absl::StatusOr<std::unique_ptr<LoadedModel>> lm = LoadedModel::Load({.path = dir});
+  ASSERT_TRUE(lm.ok()) << lm.status();
+  const GenerativeModel& m = *(*lm)->generator();
+  EXPECT_NE((*lm)->tokenizer(), (*lm)->target_tokenizer());
+  EXPECT_EQ(m.decoder_start_token_id(), 49);
+  GenerationInput in;
+  in.prompt = "The house is";  // a plain prompt is the source
+  in.target_prefix = "The";
+  absl::StatusOr<GenerationPrompt> p =
+      BuildGenerationPrompt(m, (*lm)->tokenizer(), in, (*lm)->target_tokenizer());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->source_ids, (std::vector<int32_t>{2, 3, 1, 0}));  // "▁is" is not in vocab.json
+  EXPECT_EQ(p->ids, (std::vector<int32_t>{49, 2}));
+  DecodeOptions o;
+  o.strategy = DecodeStrategy::kBeam;
+  o.beam_width = 3;
+  o.num_return_sequences = 2;
+  o.max_new_tokens = 5;
+  absl::StatusOr<std::unique_ptr<RequestDecoder>> d =
+      RequestDecoder::Create(&m, (*lm)->target_tokenizer(), *p, o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  const std::vector<GeneratedSequence> r = RunRequest(m, std::move(*d));
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_GE(r[0].score, r[1].score);
 }
 
 TEST(Seq2SeqArchTest, FamiliesResolveHfDefaults) {
