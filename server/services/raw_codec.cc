@@ -66,9 +66,17 @@ absl::Status Validate(absl::string_view wire, const Descriptor& d, const std::st
   in.SetRecursionLimit(64);
   std::map<int, int> seen;  // field number -> occurrences so far (repeated index)
   for (;;) {
+    const int tag_start = in.CurrentPosition();
     const uint32_t tag = in.ReadTag();
     if (tag == 0) break;
     const int number = WireFormatLite::GetTagFieldNumber(tag);
+    // What protobuf's parser refuses must be refused here too, or the typed
+    // parse after a successful check would fail with no message: field
+    // number 0, and tags longer than the 5 bytes a 32-bit varint needs (which
+    // ReadTag would silently truncate).
+    if (number == 0 || in.CurrentPosition() - tag_start > 5) {
+      return absl::InvalidArgumentError("the request is not a valid protobuf message");
+    }
     const FieldDescriptor* f = d.FindFieldByNumber(number);
     const auto type = WireFormatLite::GetTagWireType(tag);
     if (f == nullptr || type != WireFormatLite::WIRETYPE_LENGTH_DELIMITED ||

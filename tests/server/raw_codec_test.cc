@@ -61,7 +61,12 @@ TEST(RawCodecTest, NamesTheFieldIndexAndByte) {
 TEST(RawCodecTest, MalformedWireIsInvalidArgument) {
   const auto& d = *pb::EmbedRequest::descriptor();
   for (const std::string& wire : {std::string("\x0a\xff\xff\xff", 4), std::string("\x12\x05" "ab", 4),
-                                  std::string("\xff", 1)}) {
+                                  std::string("\xff", 1),
+                                  // field number 0; a 6-byte tag (found by the fuzzer)
+                                  std::string("\x05\x00\x00\x00\x00", 5),
+                                  std::string("\xf5\xfe\x92\xdd\xf7\x03\x0a\x03\x02\x03\x6a\x08"
+                                              "\x08\x06\x20\x42\x28\x03\x30\x01",
+                                              20)}) {
     absl::Status s = ValidateUtf8Fields(wire, d);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_THAT(s.message(), HasSubstr("not a valid protobuf message"));
