@@ -127,10 +127,14 @@ void WhiteningStore::LoadAll() {
       const std::string path = file.path().string();
       const std::string fname = file.path().filename().string();
       if (absl::StrContains(fname, tmp_marker)) {
-        // A write that never reached its rename: the profile it was meant to
-        // replace (if any) is intact and loaded on its own.
-        open_warnings_.push_back(
-            absl::StrCat("ignoring ", path, ": leftover temporary file of an interrupted write"));
+        // A write that never reached its rename (kill -9, power loss): the
+        // profile it was meant to replace (if any) is intact and loaded on
+        // its own. The file is ours and never committed, so it goes, or
+        // repeated crashes would pile them up.
+        std::error_code rm_ec;
+        fs::remove(file.path(), rm_ec);
+        open_warnings_.push_back(absl::StrCat(rm_ec ? "ignoring " : "removed ", path,
+                                              ": leftover temporary file of an interrupted write"));
         continue;
       }
       std::error_code file_ec;

@@ -13,7 +13,8 @@
 // profile is either the old or the new one (or, for Delete, there or not),
 // never a mix. Open loads every profile, verifies its checksum and skips
 // (with a warning) anything corrupt, truncated, misplaced or left over from
-// an interrupted write; it never fails because of a bad profile file.
+// an interrupted write (those temporary files are removed); it never fails
+// because of a bad profile file.
 //
 // Profiles are read on every Embed request, so Get is a shared-lock lookup
 // returning a shared_ptr to an immutable profile (transform precomputed);

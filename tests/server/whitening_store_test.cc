@@ -255,6 +255,7 @@ TEST(WhiteningStoreTest, CrashMidWriteKeepsOldProfile) {
   ExpectIdentical(**got, *old_profile);
   EXPECT_EQ(store->List("bert").size(), 1u);
   EXPECT_TRUE(AnyWarningContains(*store, tmp, "leftover temporary file")) << Warnings(*store);
+  EXPECT_FALSE(fs::exists(tmp)) << "leftover temporary files are removed at start-up";
 }
 
 TEST(WhiteningStoreTest, LeftoverTempFileIsIgnoredEvenWhenComplete) {
