@@ -43,7 +43,15 @@ inline float Dot(const float* a, const float* b, int d) {
     s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), s0);
     c += 8;
   }
-  float r = HSum(_mm256_add_ps(s0, s1));
+  const __m256 s = _mm256_add_ps(s0, s1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  if (c + 4 <= d) {
+    // Narrow heads (e.g. 4 floats): one 128-bit FMA instead of a scalar loop.
+    h = _mm_fmadd_ps(_mm_loadu_ps(a + c), _mm_loadu_ps(b + c), h);
+    c += 4;
+  }
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  float r = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
   for (; c < d; ++c) r += a[c] * b[c];
   return r;
 }
@@ -70,6 +78,11 @@ inline void Axpy(float p, const float* x, float* y, int d) {
   int c = 0;
   for (; c + 8 <= d; c += 8) {
     _mm256_storeu_ps(y + c, _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + c), _mm256_loadu_ps(y + c)));
+  }
+  if (c + 4 <= d) {
+    _mm_storeu_ps(
+        y + c, _mm_fmadd_ps(_mm256_castps256_ps128(pv), _mm_loadu_ps(x + c), _mm_loadu_ps(y + c)));
+    c += 4;
   }
   for (; c < d; ++c) y[c] += p * x[c];
 }
