@@ -14,6 +14,14 @@ void LatencyStats::Merge(const LatencyStats& other) {
   server_inference_ms.insert(server_inference_ms.end(), other.server_inference_ms.begin(),
                              other.server_inference_ms.end());
   for (const auto& [code, n] : other.errors) errors[code] += n;
+  rejected_latency_ms.insert(rejected_latency_ms.end(), other.rejected_latency_ms.begin(),
+                             other.rejected_latency_ms.end());
+  for (const auto& [kind, n] : other.by_kind) by_kind[kind] += n;
+  cancelled += other.cancelled;
+  wrong += other.wrong;
+  for (const std::string& w : other.wrong_examples) {
+    if (wrong_examples.size() < 5) wrong_examples.push_back(w);
+  }
   ok += other.ok;
   inputs += other.inputs;
   tokens += other.tokens;

@@ -24,6 +24,17 @@ struct LatencyStats {
   std::vector<double> server_inference_ms;
   // Failed measured requests by status code.
   std::map<absl::StatusCode, int64_t> errors;
+  // Latency of measured requests refused with RESOURCE_EXHAUSTED (load
+  // shedding: how fast the server says no), milliseconds.
+  std::vector<double> rejected_latency_ms;
+  // Measured requests by kind (RequestKindName), whatever their outcome.
+  std::map<std::string, int64_t> by_kind;
+  // Cancel requests the client cancelled as intended (counted in ok).
+  int64_t cancelled = 0;
+  // OK answers that differed from their reference (verification), and the
+  // first few reasons.
+  int64_t wrong = 0;
+  std::vector<std::string> wrong_examples;
   // Successful measured requests.
   int64_t ok = 0;
   // Texts embedded / prompts generated over successful requests.

@@ -11,7 +11,13 @@
 // The run lasts --warmup_s + --duration_s (requests started during warmup
 // are not measured) or stops after --requests measured requests, whichever
 // is first; every request carries --deadline_ms, so it always ends.
-// Exit code: 0, 1 when no measured request succeeded, 2 on bad flags.
+// Mixed workload (--workload=mixed --mix=embed=4,generate=2,stream=2,cancel=1):
+// each request is one of those kinds; a cancel is a stream the client hangs
+// up on after its first message (counted as ok, "cancelled"). --verify
+// compares every answer with a reference fetched before the run (see
+// workload.h); answers that differ are counted as "wrong".
+// Exit code: 0, 1 when no measured request succeeded or an answer was wrong,
+// 2 on bad flags.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -47,7 +53,12 @@ ABSL_FLAG(double, rate, 10, "open: mean arrival rate, requests/s (Poisson)");
 ABSL_FLAG(double, duration_s, 10, "measured duration, seconds");
 ABSL_FLAG(double, warmup_s, 2, "unmeasured warmup before it, seconds");
 ABSL_FLAG(int64_t, requests, 0, "stop after this many measured requests (0 = no cap)");
-ABSL_FLAG(std::string, workload, "embed", "embed | generate | stream");
+ABSL_FLAG(std::string, workload, "embed", "embed | generate | stream | mixed");
+ABSL_FLAG(std::string, mix, "embed=4,generate=2,stream=2,cancel=1",
+          "mixed: weights of the request kinds (embed, generate, stream, cancel)");
+ABSL_FLAG(bool, verify, false,
+          "compare every answer with a reference answer fetched before the run (generation "
+          "is then greedy)");
 ABSL_FLAG(std::string, model, "demo", "model name");
 ABSL_FLAG(std::string, sentences_file, "", "input sentences, one per line (default: built-in)");
 ABSL_FLAG(int, batch, 1, "embed: texts per request");
@@ -109,8 +120,21 @@ struct Run {
     const Outcome out = workload->Run(client, n);
     const absl::Time done = absl::Now();
     if (!measure) return;
+    ++stats->by_kind[RequestKindName(out.kind)];
     if (!out.status.ok()) {
       ++stats->errors[out.status.code()];
+      if (absl::IsResourceExhausted(out.status)) {
+        stats->rejected_latency_ms.push_back(Ms(done - origin));
+      }
+      return;
+    }
+    if (!out.wrong.empty()) {
+      ++stats->wrong;
+      if (stats->wrong_examples.size() < 5) stats->wrong_examples.push_back(out.wrong);
+    }
+    if (out.cancelled_as_intended) {
+      ++stats->ok;
+      ++stats->cancelled;
       return;
     }
     ++stats->ok;
@@ -220,6 +244,8 @@ int Main(int argc, char** argv) {
   }
   auto kind = ParseWorkloadKind(absl::GetFlag(FLAGS_workload));
   if (!kind.ok()) return Fail(kind.status());
+  auto mix = ParseMix(absl::GetFlag(FLAGS_mix));
+  if (!mix.ok()) return Fail(mix.status());
   auto sentences = LoadSentences(absl::GetFlag(FLAGS_sentences_file));
   if (!sentences.ok()) return Fail(sentences.status());
 
@@ -251,12 +277,18 @@ int Main(int argc, char** argv) {
   wopts.batch = absl::GetFlag(FLAGS_batch);
   wopts.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   wopts.deadline = absl::Milliseconds(absl::GetFlag(FLAGS_deadline_ms));
-  const Workload workload(wopts);
+  wopts.mix = *mix;
+  wopts.verify = absl::GetFlag(FLAGS_verify);
+  Workload workload(wopts);
+  if (absl::Status s = workload.Prepare(*clients[0]); !s.ok()) {
+    std::fprintf(stderr, "error: fetching reference answers: %s\n", s.ToString().c_str());
+    return 1;
+  }
 
   Run run;
   run.workload = &workload;
   run.clients = &clients;
-  run.stream = *kind == WorkloadKind::kStream;
+  run.stream = *kind == WorkloadKind::kStream || *kind == WorkloadKind::kMixed;
   run.cap = absl::GetFlag(FLAGS_requests);
   const absl::Time start = absl::Now();
   run.measure_start = start + absl::Seconds(warmup_s);
@@ -286,6 +318,7 @@ int Main(int argc, char** argv) {
   const bool server_timing = !stats.server_inference_ms.empty();
   const Percentiles server_queue = ComputePercentiles(stats.server_queue_ms);
   const Percentiles server_inference = ComputePercentiles(stats.server_inference_ms);
+  const Percentiles rejected = ComputePercentiles(stats.rejected_latency_ms);
   const bool generates = *kind != WorkloadKind::kEmbed;
   const int64_t measured = stats.ok + stats.total_errors();
 
@@ -315,6 +348,15 @@ int Main(int argc, char** argv) {
       j["server_inference_ms"] = PercentilesJson(server_inference);
     }
     if (mode == "open") j["max_send_lag_ms"] = stats.max_send_lag_ms;
+    if (!stats.rejected_latency_ms.empty()) j["rejected_latency_ms"] = PercentilesJson(rejected);
+    if (*kind == WorkloadKind::kMixed) {
+      j["by_kind"] = stats.by_kind;
+      j["cancelled"] = stats.cancelled;
+    }
+    if (wopts.verify) {
+      j["wrong"] = stats.wrong;
+      j["wrong_examples"] = stats.wrong_examples;
+    }
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("maskserve-bench: %s workload, %s loop, concurrency %d%s, model %s\n",
@@ -338,6 +380,23 @@ int Main(int argc, char** argv) {
       std::printf("server queue ms:     %s\n", PercentilesText(server_queue).c_str());
       std::printf("server inference ms: %s\n", PercentilesText(server_inference).c_str());
     }
+    if (!stats.rejected_latency_ms.empty()) {
+      std::printf("RESOURCE_EXHAUSTED answered in ms: %s\n", PercentilesText(rejected).c_str());
+    }
+    if (*kind == WorkloadKind::kMixed) {
+      std::string kinds;
+      for (const auto& [k, n] : stats.by_kind) {
+        absl::StrAppend(&kinds, kinds.empty() ? "" : ", ", k, "=", n);
+      }
+      std::printf("mix:        %s (%lld cancelled by the client)\n", kinds.c_str(),
+                  static_cast<long long>(stats.cancelled));
+    }
+    if (wopts.verify) {
+      std::printf("verified:   %lld wrong answers%s\n", static_cast<long long>(stats.wrong),
+                  stats.wrong_examples.empty()
+                      ? ""
+                      : absl::StrCat(" (first: ", stats.wrong_examples[0], ")").c_str());
+    }
     // A few ms of lag is scheduler noise; beyond that the workers were the
     // bottleneck.
     if (mode == "open" && stats.max_send_lag_ms > 10.0) {
@@ -346,7 +405,7 @@ int Main(int argc, char** argv) {
                   stats.max_send_lag_ms, concurrency);
     }
   }
-  return stats.ok > 0 ? 0 : 1;
+  return stats.ok > 0 && stats.wrong == 0 ? 0 : 1;
 }
 
 }  // namespace

@@ -101,6 +101,9 @@ absl::StatusOr<std::unique_ptr<BatcherCore>> BatcherCore::Create(
   if (options.max_queue_delay < absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat(what, "max_queue_delay must be >= 0"));
   }
+  if (!(options.deadline_headroom > 0 && options.deadline_headroom <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, "deadline_headroom must be in (0, 1]"));
+  }
   if (options.max_queue_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat(what, "max_queue_size must be >= 1"));
   }
@@ -160,9 +163,9 @@ absl::StatusOr<RequestHandle> BatcherCore::Submit(std::shared_ptr<CoreRequest> r
         options_.max_queue_size, " (max_queue_size); split it into smaller requests"));
   }
   // Time for the workers to get through what is queued and running now.
+  const double spt = busy_seconds_per_token_ > 0 ? busy_seconds_per_token_ : seconds_per_token_;
   const absl::Duration drain = absl::Seconds(
-      static_cast<double>(queued_tokens_ + running_tokens_) * seconds_per_token_ /
-      options_.num_workers);
+      static_cast<double>(queued_tokens_ + running_tokens_) * spt / options_.num_workers);
   if (pending + n > options_.max_queue_size) {
     if (metrics_) metrics_->rejected_queue_full->Inc();
     return WithRetryAfter(
@@ -172,11 +175,9 @@ absl::StatusOr<RequestHandle> BatcherCore::Submit(std::shared_ptr<CoreRequest> r
             "); retry after a short backoff")),
         std::max(drain, absl::Milliseconds(10)));
   }
-  if (options_.shed_on_deadline && seconds_per_token_ > 0 &&
-      deadline != absl::InfiniteFuture()) {
-    const absl::Duration done_in =
-        drain + absl::Seconds(static_cast<double>(tokens) * seconds_per_token_);
-    if (now + done_in > deadline) {
+  if (options_.shed_on_deadline && spt > 0 && deadline != absl::InfiniteFuture()) {
+    const absl::Duration done_in = drain + absl::Seconds(static_cast<double>(tokens) * spt);
+    if (done_in > (deadline - now) * options_.deadline_headroom) {
       if (metrics_) metrics_->rejected_shed->Inc();
       return WithRetryAfter(
           absl::ResourceExhaustedError(absl::StrCat(
@@ -264,12 +265,24 @@ bool BatcherCore::ReadyLocked(absl::Time now) const {
 
 void BatcherCore::WorkerLoop(int worker) {
   std::unique_lock<std::mutex> lock(mu_);
+  // The previous batch of this worker, while it has not slept since.
+  absl::Time previous_start = absl::InfinitePast();
+  int64_t previous_tokens = 0;
   for (;;) {
     const absl::Time now = clock_->Now();
     std::vector<Finished> finished;
     ExpireLocked(now, &finished);
     if (ReadyLocked(now)) {
       Batch batch = FormBatchLocked(now);
+      if (previous_tokens > 0 && now > previous_start) {
+        // Back to back: the whole cycle per token is what a busy worker does.
+        const double spt =
+            absl::ToDoubleSeconds(now - previous_start) / static_cast<double>(previous_tokens);
+        busy_seconds_per_token_ =
+            busy_seconds_per_token_ == 0 ? spt : 0.8 * busy_seconds_per_token_ + 0.2 * spt;
+      }
+      previous_start = now;
+      previous_tokens = batch.tokens;
       lock.unlock();
       RunFinished(&finished);
       RunBatch(std::move(batch));
@@ -288,6 +301,7 @@ void BatcherCore::WorkerLoop(int worker) {
       wake = std::min(queue_.front().request->enqueue_time + options_.max_queue_delay, next_expiry_);
     }
     workers_[worker] = WorkerState{true, epoch_, now};
+    previous_tokens = 0;
     idle_cv_.notify_all();
     clock_->WaitUntil(lock, cv_, now, wake);
     workers_[worker].asleep = false;

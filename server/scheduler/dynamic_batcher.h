@@ -56,9 +56,16 @@ struct DynamicBatcherOptions {
   int length_grouping_window = 128;
   // Refuse a request at Submit (RESOURCE_EXHAUSTED with a retry hint,
   // server/retry_hint.h) when the work queued and running ahead of it, at the
-  // recently measured engine speed, would not be done before its deadline,
-  // instead of queueing it only to expire. No estimate before the first batch.
+  // recently measured speed, would not be done within deadline_headroom of
+  // the time to its deadline, instead of queueing it only to expire. The
+  // speed is what a busy worker really gets through per token, batch start
+  // to batch start (engine time plus everything else on the machine), or the
+  // engine time alone until a worker has run two batches back to back. No
+  // estimate before the first batch.
   bool shed_on_deadline = false;
+  // Share of the time left to a deadline that the predicted wait may use
+  // (0, 1]: room for the estimate's error and for sending the response.
+  double deadline_headroom = 0.5;
   // Time source; nullptr = RealClock::Get(). Must outlive the batcher.
   Clock* clock = nullptr;
   // Model name: the `model` metric label, thread names and error messages.
@@ -207,8 +214,10 @@ class BatcherCore {
   int64_t queued_tokens_ = 0;
   // Tokens of the batches running now.
   int64_t running_tokens_ = 0;
-  // Moving average of engine seconds per token of one worker (0 = no batch yet).
+  // Moving averages of one worker's seconds per token: engine time alone, and
+  // batch start to next batch start while busy (0 = not measured yet).
   double seconds_per_token_ = 0;
+  double busy_seconds_per_token_ = 0;
   // Earliest deadline among queued requests (may be stale-early after removals).
   absl::Time next_expiry_ = absl::InfiniteFuture();
   absl::flat_hash_map<uint64_t, std::shared_ptr<CoreRequest>> active_;
