@@ -40,20 +40,6 @@ FusedActivation ToFused(Act a) {
   return FusedActivation::kNone;
 }
 
-absl::StatusOr<std::vector<float>> ReadTensor(const SafetensorsModel& w, const std::string& name,
-                                              std::vector<int64_t> shape) {
-  if (absl::Status s = w.RequireShape(name, shape); !s.ok()) return s;
-  return w.ReadFloat32(name);
-}
-
-absl::Status ReadInto(const SafetensorsModel& w, const std::string& name,
-                      std::vector<int64_t> shape, std::vector<float>* out) {
-  absl::StatusOr<std::vector<float>> t = ReadTensor(w, name, std::move(shape));
-  if (!t.ok()) return t.status();
-  *out = std::move(*t);
-  return absl::OkStatus();
-}
-
 // The first prefix under which `probe` exists; NotFound listing the tries.
 absl::StatusOr<std::string> FindPrefix(const SafetensorsModel& w,
                                        std::initializer_list<const char*> prefixes,

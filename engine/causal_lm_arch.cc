@@ -7,17 +7,6 @@
 #include "engine/model_config.h"
 
 namespace maskserve::engine {
-namespace {
-
-absl::StatusOr<int> ToInt(int64_t v, const char* what) {
-  if (v < 0 || v > std::numeric_limits<int32_t>::max() / 4) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " ", v, " is out of range"));
-  }
-  return static_cast<int>(v);
-}
-
-}  // namespace
-
 absl::StatusOr<CausalLmArch> CausalLmArchFromConfig(const ModelConfig& c) {
   CausalLmArch a;
   a.model_type = c.model_type;
@@ -49,7 +38,7 @@ absl::StatusOr<CausalLmArch> CausalLmArchFromConfig(const ModelConfig& c) {
         Dim{&a.intermediate_size, c.intermediate_size, "intermediate_size"},
         Dim{&a.vocab_size, c.vocab_size, "vocab_size"},
         Dim{&a.max_position_embeddings, c.max_position_embeddings, "max_position_embeddings"}}) {
-    absl::StatusOr<int> v = ToInt(d.v, d.name);
+    absl::StatusOr<int> v = ConfigDimension(d.v, d.name);
     if (!v.ok()) return v.status();
     *d.dst = *v;
   }
@@ -79,7 +68,7 @@ absl::StatusOr<CausalLmArch> CausalLmArchFromConfig(const ModelConfig& c) {
   a.scale_attn_weights = c.scale_attn_weights;
   a.scale_attn_by_inverse_layer_idx = c.scale_attn_by_inverse_layer_idx;
   for (int64_t id : c.eos_token_ids) {
-    absl::StatusOr<int> v = ToInt(id, "eos_token_id");
+    absl::StatusOr<int> v = ConfigDimension(id, "eos_token_id");
     if (!v.ok()) return v.status();
     a.eos_token_ids.push_back(*v);
   }

@@ -101,21 +101,6 @@ std::vector<float> SinCosTable(int rows, int dim, double theta) {
   return t;
 }
 
-// Reads one tensor after checking its shape; errors name file and tensor.
-absl::StatusOr<std::vector<float>> ReadTensor(const SafetensorsModel& w, const std::string& name,
-                                              std::vector<int64_t> shape) {
-  if (absl::Status s = w.RequireShape(name, shape); !s.ok()) return s;
-  return w.ReadFloat32(name);
-}
-
-absl::Status ReadInto(const SafetensorsModel& w, const std::string& name,
-                      std::vector<int64_t> shape, std::vector<float>* out) {
-  absl::StatusOr<std::vector<float>> t = ReadTensor(w, name, std::move(shape));
-  if (!t.ok()) return t.status();
-  *out = std::move(*t);
-  return absl::OkStatus();
-}
-
 absl::StatusOr<PackedLinear> PackLinear(const SafetensorsModel& w, const std::string& name, int in,
                                         int out, MatmulDType dtype) {
   absl::StatusOr<std::vector<float>> weight = ReadTensor(w, name + ".weight", {out, in});

@@ -7,17 +7,6 @@
 #include "engine/model_config.h"
 
 namespace maskserve::engine {
-namespace {
-
-absl::StatusOr<int> ToInt(int64_t v, const char* what) {
-  if (v < 0 || v > std::numeric_limits<int32_t>::max() / 4) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " ", v, " is out of range"));
-  }
-  return static_cast<int>(v);
-}
-
-}  // namespace
-
 absl::StatusOr<EncoderArch> EncoderArchFromConfig(const ModelConfig& c) {
   EncoderArch a;
   a.model_type = c.model_type;
@@ -51,7 +40,7 @@ absl::StatusOr<EncoderArch> EncoderArchFromConfig(const ModelConfig& c) {
         Dim{&a.vocab_size, c.vocab_size, "vocab_size"},
         Dim{&a.type_vocab_size, c.type_vocab_size, "type_vocab_size"},
         Dim{&a.max_position_embeddings, c.max_position_embeddings, "max_position_embeddings"}}) {
-    absl::StatusOr<int> v = ToInt(d.v, d.name);
+    absl::StatusOr<int> v = ConfigDimension(d.v, d.name);
     if (!v.ok()) return v.status();
     *d.dst = *v;
   }
@@ -103,7 +92,7 @@ absl::StatusOr<EncoderArch> EncoderArchFromConfig(const ModelConfig& c) {
     a.padding_idx = static_cast<int>(c.pad_token_id.value_or(1));
     a.position_offset = a.padding_idx + 1;
   } else if (a.positions == EncoderArch::Positions::kLearned) {
-    absl::StatusOr<int> off = ToInt(c.position_offset, "position offset");
+    absl::StatusOr<int> off = ConfigDimension(c.position_offset, "position offset");
     if (!off.ok()) return off.status();
     a.position_offset = *off;
   }

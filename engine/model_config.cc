@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
+#include <limits>
 #include <sstream>
 
 #include "absl/status/status.h"
@@ -644,6 +645,13 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
     if (!sr.ok()) return sr.status();
   }
   return config;
+}
+
+absl::StatusOr<int> ConfigDimension(int64_t v, const char* what) {
+  if (v < 0 || v > std::numeric_limits<int32_t>::max() / 4) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", v, " is out of range"));
+  }
+  return static_cast<int>(v);
 }
 
 }  // namespace maskserve::engine

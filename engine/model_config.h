@@ -153,4 +153,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json,
 // sentence_bert_config.json. Errors name the file and the key.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
 
+// A config size (`what` = its JSON key) as an int: INVALID_ARGUMENT when it is
+// negative or so large that products of such sizes could overflow int32.
+absl::StatusOr<int> ConfigDimension(int64_t v, const char* what);
+
 }  // namespace maskserve::engine

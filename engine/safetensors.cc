@@ -563,4 +563,18 @@ absl::StatusOr<std::vector<float>> SafetensorsModel::ReadFloat32(absl::string_vi
   return it->second.file->ReadFloat32(name);
 }
 
+absl::StatusOr<std::vector<float>> ReadTensor(const SafetensorsModel& w, const std::string& name,
+                                              std::vector<int64_t> shape) {
+  if (absl::Status s = w.RequireShape(name, shape); !s.ok()) return s;
+  return w.ReadFloat32(name);
+}
+
+absl::Status ReadInto(const SafetensorsModel& w, const std::string& name,
+                      std::vector<int64_t> shape, std::vector<float>* out) {
+  absl::StatusOr<std::vector<float>> t = ReadTensor(w, name, std::move(shape));
+  if (!t.ok()) return t.status();
+  *out = std::move(*t);
+  return absl::OkStatus();
+}
+
 }  // namespace maskserve::engine

@@ -184,4 +184,12 @@ class SafetensorsModel {
   absl::flat_hash_map<std::string, Entry> entries_;
 };
 
+// Reads tensor `name` as float32 after checking that its shape is `shape`;
+// errors name the file and the tensor.
+absl::StatusOr<std::vector<float>> ReadTensor(const SafetensorsModel& w, const std::string& name,
+                                              std::vector<int64_t> shape);
+// ReadTensor into `*out`.
+absl::Status ReadInto(const SafetensorsModel& w, const std::string& name,
+                      std::vector<int64_t> shape, std::vector<float>* out);
+
 }  // namespace maskserve::engine

@@ -15,12 +15,6 @@ namespace {
 // relative buckets have none; this bounds the bias tables).
 constexpr int kT5DefaultMaxPositions = 2048;
 
-absl::StatusOr<int> ToInt(int64_t v, const char* what) {
-  if (v < 0 || v > std::numeric_limits<int32_t>::max() / 4) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " ", v, " is out of range"));
-  }
-  return static_cast<int>(v);
-}
 
 }  // namespace
 
@@ -64,7 +58,7 @@ absl::StatusOr<Seq2SeqArch> Seq2SeqArchFromConfig(const ModelConfig& c) {
         Dim{&a.vocab_size, c.vocab_size, "vocab_size"},
         Dim{&a.source_vocab_size, c.source_vocab_size, "source vocab_size"},
         Dim{&a.max_source_positions, c.max_position_embeddings, "max_position_embeddings"}}) {
-    absl::StatusOr<int> v = ToInt(d.v, d.name);
+    absl::StatusOr<int> v = ConfigDimension(d.v, d.name);
     if (!v.ok()) return v.status();
     *d.dst = *v;
   }
@@ -93,12 +87,12 @@ absl::StatusOr<Seq2SeqArch> Seq2SeqArchFromConfig(const ModelConfig& c) {
   a.embed_scale = c.scale_embedding ? static_cast<float>(c.embedding_scale) : 1.0f;
   a.position_offset = static_cast<int>(c.position_offset);
   for (int64_t id : c.eos_token_ids) {
-    absl::StatusOr<int> v = ToInt(id, "eos_token_id");
+    absl::StatusOr<int> v = ConfigDimension(id, "eos_token_id");
     if (!v.ok()) return v.status();
     a.eos_token_ids.push_back(*v);
   }
   if (c.decoder_start_token_id.has_value()) {
-    absl::StatusOr<int> v = ToInt(*c.decoder_start_token_id, "decoder_start_token_id");
+    absl::StatusOr<int> v = ConfigDimension(*c.decoder_start_token_id, "decoder_start_token_id");
     if (!v.ok()) return v.status();
     a.decoder_start_token_id = *v;
   }

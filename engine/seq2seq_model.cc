@@ -62,20 +62,6 @@ void ActivateInPlace(Act a, float* x, size_t n) {
   }
 }
 
-absl::StatusOr<std::vector<float>> ReadTensor(const SafetensorsModel& w, const std::string& name,
-                                              std::vector<int64_t> shape) {
-  if (absl::Status s = w.RequireShape(name, shape); !s.ok()) return s;
-  return w.ReadFloat32(name);
-}
-
-absl::Status ReadInto(const SafetensorsModel& w, const std::string& name,
-                      std::vector<int64_t> shape, std::vector<float>* out) {
-  absl::StatusOr<std::vector<float>> t = ReadTensor(w, name, std::move(shape));
-  if (!t.ok()) return t.status();
-  *out = std::move(*t);
-  return absl::OkStatus();
-}
-
 // The first of `names` the checkpoint holds; NotFound listing them all.
 absl::StatusOr<std::string> FirstPresent(const SafetensorsModel& w,
                                          std::initializer_list<std::string> names) {

@@ -44,13 +44,6 @@ absl::Status AtField(const absl::Status& s, const std::string& field) {
   return absl::Status(s.code(), absl::StrCat(field, ": ", s.message()));
 }
 
-absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
-  const auto d = context.deadline();
-  if (d == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
-  return absl::FromChrono(d);
-}
-
-int64_t MicrosSince(absl::Time start) { return absl::ToInt64Microseconds(absl::Now() - start); }
 
 // Cuts `ids` to `max_length` tokens from the requested side.
 void TruncateIds(std::vector<int32_t>* ids, int max_length, pb::TruncationSide side) {

@@ -27,13 +27,6 @@ namespace {
 
 namespace pb = maskserve::v1;
 
-absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
-  const auto d = context.deadline();
-  if (d == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
-  return absl::FromChrono(d);
-}
-
-int64_t MicrosSince(absl::Time start) { return absl::ToInt64Microseconds(absl::Now() - start); }
 
 // A seed for requests that set none: different per request.
 uint64_t RandomSeed() {

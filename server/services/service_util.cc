@@ -34,4 +34,12 @@ absl::Status NotYetImplemented(const char* rpc, const char* what) {
       absl::StrCat(rpc, " is not implemented in this build: it needs ", what, "."));
 }
 
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  const auto d = context.deadline();
+  if (d == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(d);
+}
+
+int64_t MicrosSince(absl::Time start) { return absl::ToInt64Microseconds(absl::Now() - start); }
+
 }  // namespace maskserve::server

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "server/model_registry.h"
 
 namespace maskserve::server {
@@ -27,6 +28,12 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
                                       const grpc::Status& status);
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
                                       const absl::Status& status);
+
+// The call's deadline; InfiniteFuture when the client set none.
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context);
+
+// Wall microseconds from `start` to now (timing breakdowns in responses).
+int64_t MicrosSince(absl::Time start);
 
 // UNIMPLEMENTED with a message saying what is missing.
 absl::Status NotYetImplemented(const char* rpc, const char* what);

@@ -33,7 +33,7 @@ struct NamedSpec {
   SpecMaker make;
 };
 
-MaskSpec Spec(MaskKind kind, bool causal, int window = 0, int rate = 0) {
+MaskSpec MaskSpecOf(MaskKind kind, bool causal, int window = 0, int rate = 0) {
   MaskSpec s;
   s.kind = kind;
   s.causal = causal;
@@ -46,7 +46,7 @@ std::vector<NamedSpec> AllMaskFamilies() {
   auto fixed = [](MaskSpec s) { return [s](int, std::mt19937&) { return s; }; };
   auto unilm_segments = [](bool causal) {
     return [causal](int k_len, std::mt19937& rng) {
-      MaskSpec s = Spec(MaskKind::kUnilm, causal);
+      MaskSpec s = MaskSpecOf(MaskKind::kUnilm, causal);
       const int prefix = 1 + static_cast<int>(rng() % k_len);
       s.segment_ids.assign(k_len, 0);
       for (int t = prefix; t < k_len; ++t) s.segment_ids[t] = 1;
@@ -54,31 +54,31 @@ std::vector<NamedSpec> AllMaskFamilies() {
     };
   };
   return {
-      {"BIDIRECTIONAL", fixed(Spec(MaskKind::kBidirectional, false))},
-      {"CAUSAL", fixed(Spec(MaskKind::kCausal, false))},
+      {"BIDIRECTIONAL", fixed(MaskSpecOf(MaskKind::kBidirectional, false))},
+      {"CAUSAL", fixed(MaskSpecOf(MaskKind::kCausal, false))},
       {"UNILM(segments)", unilm_segments(false)},
       {"UNILM(prefix)",
        [](int k_len, std::mt19937& rng) {
-         MaskSpec s = Spec(MaskKind::kUnilm, false);
+         MaskSpec s = MaskSpecOf(MaskKind::kUnilm, false);
          s.prefix_length = 1 + static_cast<int>(rng() % k_len);
          return s;
        }},
       {"UNILM(random segments)",
        [](int k_len, std::mt19937& rng) {
-         MaskSpec s = Spec(MaskKind::kUnilm, false);
+         MaskSpec s = MaskSpecOf(MaskKind::kUnilm, false);
          for (int t = 0; t < k_len; ++t) s.segment_ids.push_back(rng() % 5 == 0);
          return s;
        }},
-      {"LOCAL_3", fixed(Spec(MaskKind::kLocal, false, 3))},
-      {"LOCAL_0", fixed(Spec(MaskKind::kLocal, false, 0))},
-      {"LOCAL_70", fixed(Spec(MaskKind::kLocal, false, 70))},
-      {"DILATED_3", fixed(Spec(MaskKind::kDilated, false, 0, 3))},
-      {"DILATED_1", fixed(Spec(MaskKind::kDilated, false, 0, 1))},
-      {"STRIDED_2_4", fixed(Spec(MaskKind::kStrided, false, 2, 4))},
-      {"STRIDED_40_64", fixed(Spec(MaskKind::kStrided, false, 40, 64))},
-      {"CAUSAL+LOCAL_3", fixed(Spec(MaskKind::kLocal, true, 3))},
-      {"CAUSAL+DILATED_3", fixed(Spec(MaskKind::kDilated, true, 0, 3))},
-      {"CAUSAL+STRIDED_2_4", fixed(Spec(MaskKind::kStrided, true, 2, 4))},
+      {"LOCAL_3", fixed(MaskSpecOf(MaskKind::kLocal, false, 3))},
+      {"LOCAL_0", fixed(MaskSpecOf(MaskKind::kLocal, false, 0))},
+      {"LOCAL_70", fixed(MaskSpecOf(MaskKind::kLocal, false, 70))},
+      {"DILATED_3", fixed(MaskSpecOf(MaskKind::kDilated, false, 0, 3))},
+      {"DILATED_1", fixed(MaskSpecOf(MaskKind::kDilated, false, 0, 1))},
+      {"STRIDED_2_4", fixed(MaskSpecOf(MaskKind::kStrided, false, 2, 4))},
+      {"STRIDED_40_64", fixed(MaskSpecOf(MaskKind::kStrided, false, 40, 64))},
+      {"CAUSAL+LOCAL_3", fixed(MaskSpecOf(MaskKind::kLocal, true, 3))},
+      {"CAUSAL+DILATED_3", fixed(MaskSpecOf(MaskKind::kDilated, true, 0, 3))},
+      {"CAUSAL+STRIDED_2_4", fixed(MaskSpecOf(MaskKind::kStrided, true, 2, 4))},
       {"CAUSAL+UNILM", unilm_segments(true)},
   };
 }
@@ -417,7 +417,7 @@ TEST_P(AttentionTest, LocalMaskCostsLinearBlocks) {
   o.head_dim = 64;
   const Problem p = MakeProblem(
       o, {{kLen, kLen, 0}},
-      [](int, std::mt19937&) { return Spec(MaskKind::kLocal, false, kWindow); }, rng);
+      [](int, std::mt19937&) { return MaskSpecOf(MaskKind::kLocal, false, kWindow); }, rng);
   std::vector<float> fused = p.NewOutput();
   AttentionStats stats;
   ASSERT_TRUE(p.Fused(fused, &stats).ok());
@@ -454,11 +454,11 @@ TEST_P(AttentionTest, BlockStatsFollowMaskShape) {
     EXPECT_TRUE(p.Fused(out, &stats).ok());
     return stats;
   };
-  const AttentionStats bidi = run(Spec(MaskKind::kBidirectional, false));
+  const AttentionStats bidi = run(MaskSpecOf(MaskKind::kBidirectional, false));
   EXPECT_EQ(bidi.blocks_full, 2 * q_blocks * k_blocks);
   EXPECT_EQ(bidi.blocks_partial, 0);
   EXPECT_EQ(bidi.blocks_empty, 0);
-  const AttentionStats causal = run(Spec(MaskKind::kCausal, false));
+  const AttentionStats causal = run(MaskSpecOf(MaskKind::kCausal, false));
   // Only the diagonal tiles need a mask; keys past the block never visited.
   EXPECT_EQ(causal.blocks_partial, 2 * q_blocks);
   EXPECT_EQ(causal.blocks_empty, 0);
@@ -482,7 +482,7 @@ TEST_P(AttentionTest, LogNScalingMultipliesScaleByLogRatio) {
 
   const std::vector<SeqShape> seqs = {{300, 300, 0}, {64, 64, 0}};
   const Problem p = MakeProblem(
-      o, seqs, [](int, std::mt19937&) { return Spec(MaskKind::kBidirectional, false); }, rng);
+      o, seqs, [](int, std::mt19937&) { return MaskSpecOf(MaskKind::kBidirectional, false); }, rng);
   std::vector<float> with_log_n = p.NewOutput();
   std::vector<float> naive = p.NewOutput();
   ASSERT_TRUE(p.Fused(with_log_n).ok());
@@ -529,7 +529,7 @@ TEST_P(AttentionTest, RowsWithoutAllowedKeysAreZero) {
   // LOCAL(2) queries at positions 30..33 against 10 keys: nothing in reach.
   const Problem p = MakeProblem(
       o, {{4, 10, 30}, {5, 5, 0}},
-      [](int, std::mt19937&) { return Spec(MaskKind::kLocal, false, 2); }, rng);
+      [](int, std::mt19937&) { return MaskSpecOf(MaskKind::kLocal, false, 2); }, rng);
   std::vector<float> out = p.NewOutput();
   AttentionStats stats;
   ASSERT_TRUE(p.Fused(out, &stats).ok());
@@ -548,7 +548,7 @@ TEST_P(AttentionTest, RejectsInconsistentArguments) {
   o.num_kv_heads = 2;
   o.head_dim = 16;
   Problem p = MakeProblem(
-      o, {{8, 8, 0}}, [](int, std::mt19937&) { return Spec(MaskKind::kCausal, false); }, rng);
+      o, {{8, 8, 0}}, [](int, std::mt19937&) { return MaskSpecOf(MaskKind::kCausal, false); }, rng);
   std::vector<float> out = p.NewOutput();
   ASSERT_TRUE(p.Fused(out).ok());
 

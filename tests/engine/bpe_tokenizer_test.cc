@@ -15,16 +15,15 @@
 #include "engine/tokenizer/python_utf8_decode.h"
 #include "engine/tokenizer/tokenizer_factory.h"
 #include "nlohmann/json.hpp"
+#include "tests/util/golden_json.h"
 #include "tests/util/test_env.h"
 
 namespace maskserve::engine {
 namespace {
 
 using json = nlohmann::json;
+using maskserve::testing::LoadJson;
 
-json LoadJson(const std::string& path) {
-  return json::parse(maskserve::testing::ReadFileOrDie(path));
-}
 
 std::unique_ptr<ByteLevelBpeTokenizer> LoadGpt2(const std::string& dir, int cache = 16384,
                                                 bool add_prefix_space = false) {

@@ -16,7 +16,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::ElementsAre;
-using Spec = DemoModelSpec;
 
 std::map<std::string, std::string> ReadTree(const fs::path& root) {
   std::map<std::string, std::string> out;

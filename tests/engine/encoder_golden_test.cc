@@ -23,35 +23,23 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/util/golden_json.h"
 #include "tests/util/test_env.h"
 
 namespace maskserve::engine {
 namespace {
 
 using json = nlohmann::json;
+using maskserve::testing::LoadJson;
+using maskserve::testing::Ints;
+using maskserve::testing::Floats;
 
 constexpr double kHiddenTol = 1e-4;
 constexpr double kPooledTol = 1e-4;
 constexpr double kPooledCos = 0.99999;
 constexpr double kBf16Cos = 0.999;
 
-json LoadJson(const std::string& path) {
-  return json::parse(maskserve::testing::ReadFileOrDie(path));
-}
 
-void Flatten(const json& j, std::vector<float>* out) {
-  if (j.is_array()) {
-    for (const json& e : j) Flatten(e, out);
-  } else {
-    out->push_back(j.get<float>());
-  }
-}
-std::vector<float> Floats(const json& j) {
-  std::vector<float> v;
-  Flatten(j, &v);
-  return v;
-}
-std::vector<int32_t> Ints(const json& j) { return j.get<std::vector<int32_t>>(); }
 
 double MaxAbsDiff(const float* a, const float* b, size_t n) {
   double m = 0;
@@ -68,8 +56,8 @@ double Cosine(const float* a, const float* b, size_t n) {
   return ab / std::sqrt(std::max(aa * bb, 1e-300));
 }
 
-// Worst values seen by one check, printed at its end.
-struct Worst {
+// WorstPooled values seen by one check, printed at its end.
+struct WorstPooled {
   double max_abs = 0;
   double min_cos = 1;
   void Print(const std::string& what) const {
@@ -153,7 +141,7 @@ TEST_P(EncoderGoldenTest, Fp32HiddenStatesAndPooledMatchHf) {
   MASKSERVE_REQUIRE_SHARED(model_dir, "golden/models/" + GetParam());
   const Loaded& m = LoadModel(model_dir);
   ASSERT_NE(m.f32, nullptr);
-  Worst hidden, pooled;
+  WorstPooled hidden, pooled;
   int items = 0;
   for (const char* file : {"encoder_outputs.json", "encoder_outputs_long_300_words.json",
                            "encoder_outputs_long_600_words.json",
@@ -198,7 +186,7 @@ TEST_P(EncoderGoldenTest, PackedBatchOfEightEqualsRealRows) {
   const Loaded& m = LoadModel(model_dir);
   ASSERT_NE(m.f32, nullptr);
   const json g = LoadJson(golden);
-  Worst hidden, pooled;
+  WorstPooled hidden, pooled;
   for (const char* which : {"sentences", "pairs"}) {
     SCOPED_TRACE(which);
     const json& b = g[which];
@@ -250,7 +238,7 @@ TEST_P(EncoderGoldenTest, Bf16PooledCosine) {
   const Loaded& m = LoadModel(model_dir);
   ASSERT_NE(m.bf16, nullptr);
   EXPECT_EQ(m.bf16->dtype(), MatmulDType::kBF16);
-  Worst pooled;
+  WorstPooled pooled;
   for (const char* file : {"encoder_outputs.json", "encoder_outputs_long_300_words.json",
                            "encoder_outputs_long_600_words.json",
                            "encoder_outputs_long_1200_words.json", "pair_outputs.json"}) {
@@ -354,7 +342,7 @@ TEST(EncoderGoldenMasksTest, EveryMaskKindMatchesHf) {
       EncoderOutput out = EncodeAll(*m.f32, ids, types, cu, masks);
       const std::vector<float> want = Floats(data["last_hidden_state"]);  // [4][L][H]
       const int h = out.hidden_size;
-      Worst w;
+      WorstPooled w;
       for (size_t s = 0; s < 4; ++s) {
         const double d = MaxAbsDiff(out.last_hidden_state.data() + cu[s] * h,
                                     want.data() + s * L * h, static_cast<size_t>(lengths[s]) * h);
@@ -379,7 +367,7 @@ TEST(EncoderGoldenEndToEndTest, WordPieceTokenizerPlusEncoder) {
   ASSERT_NE((*model)->tokenizer(), nullptr);
   EXPECT_TRUE((*model)->encoder()->has_mlm_head());
   const json g = LoadJson(golden);
-  Worst w;
+  WorstPooled w;
   int n = 0;
   for (const json& item : g["items"]) {
     if (n == 6) break;

@@ -29,12 +29,17 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/generation_test_util.h"
+#include "tests/util/golden_json.h"
 #include "tests/util/test_env.h"
 
 namespace maskserve::engine {
 namespace {
 
 using json = nlohmann::json;
+using maskserve::testing::LoadJson;
+using maskserve::testing::Ints;
+using maskserve::testing::Floats;
+using maskserve::testing::WorstDelta;
 using testing::Argmax;
 using testing::MakePool;
 using testing::MaxAbsDiff;
@@ -43,11 +48,6 @@ constexpr double kLogitsTol = 1e-3;
 constexpr double kBeamScoreTol = 1e-4;
 constexpr double kFp64Tol = 1e-4;
 
-json LoadJson(const std::string& path) {
-  return json::parse(maskserve::testing::ReadFileOrDie(path));
-}
-std::vector<int32_t> Ints(const json& j) { return j.get<std::vector<int32_t>>(); }
-std::vector<float> Floats(const json& j) { return j.get<std::vector<float>>(); }
 
 std::unique_ptr<LoadedModel> Load(const std::string& dir) {
   absl::StatusOr<std::unique_ptr<LoadedModel>> m = LoadedModel::Load({.path = dir});
@@ -57,13 +57,6 @@ std::unique_ptr<LoadedModel> Load(const std::string& dir) {
   return std::move(*m);
 }
 
-struct Worst {
-  double value = 0;
-  void Add(double d) { value = std::max(value, d); }
-  void Print(const std::string& what) const {
-    std::printf("[golden] %-58s worst max|d| = %.3g\n", what.c_str(), value);
-  }
-};
 
 // One sequence decoded with the cache: Prefill(prompt), then Next(token).
 class CachedSequence {
@@ -170,7 +163,7 @@ void CheckCausalGeneration(const std::string& model_rel, const std::string& gold
   const GenerativeModel& model = *lm->generator();
   ASSERT_EQ(model.kind(), GenerationKind::kCausalLm);
   const json g = LoadJson(golden);
-  Worst last, top5, beam_scores;
+  WorstDelta last, top5, beam_scores;
   int prompts = 0;
   for (const json& p : g["prompts"]) {
     ++prompts;
@@ -325,7 +318,7 @@ TEST(GenerationGoldenTest, Stories260KReferenceOutputs) {
   const GenerativeModel& model = *lm->generator();
   EXPECT_EQ(model.eos_token_ids(), (std::vector<int32_t>{1, 2}));  // generation_config.json
   const json r = LoadJson(ref);
-  Worst fp64;
+  WorstDelta fp64;
   for (const json& c : r["cases"]) {
     const std::vector<int32_t> prompt = Ints(c["prompt_ids"]);
     const std::vector<int32_t> want = Ints(c["greedy_ids"]);
@@ -352,7 +345,7 @@ void CheckUnilm(const std::string& model_rel, const std::string& golden_rel) {
   ASSERT_EQ(model.kind(), GenerationKind::kUnilm);
   const json g = LoadJson(golden);
   const int steps = g["steps"].get<int>();
-  Worst step0, top5;
+  WorstDelta step0, top5;
   for (const json& gen : g["generations"]) {
     const std::vector<int32_t> source = Ints(gen["source_input_ids"]);
     const int src = gen["source_len"].get<int>();

@@ -12,16 +12,15 @@
 #include "engine/tokenizer/spm_library.h"
 #include "engine/tokenizer/tokenizer_factory.h"
 #include "nlohmann/json.hpp"
+#include "tests/util/golden_json.h"
 #include "tests/util/test_env.h"
 
 namespace maskserve::engine {
 namespace {
 
 using json = nlohmann::json;
+using maskserve::testing::LoadJson;
 
-json LoadJson(const std::string& path) {
-  return json::parse(maskserve::testing::ReadFileOrDie(path));
-}
 
 std::unique_ptr<Tokenizer> LoadOrDie(const std::string& dir) {
   auto tok = LoadTokenizer(dir);

@@ -33,12 +33,17 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/generation_test_util.h"
+#include "tests/util/golden_json.h"
 #include "tests/util/test_env.h"
 
 namespace maskserve::engine {
 namespace {
 
 using json = nlohmann::json;
+using maskserve::testing::LoadJson;
+using maskserve::testing::Ints;
+using maskserve::testing::Floats;
+using maskserve::testing::WorstDelta;
 using testing::Argmax;
 using testing::MakePool;
 using testing::MaxAbsDiff;
@@ -48,19 +53,7 @@ constexpr double kLogitsTol = 1e-3;
 constexpr double kBeamScoreTol = 1e-4;
 constexpr double kLogProbTol = 1e-4;
 
-json LoadJson(const std::string& path) {
-  return json::parse(maskserve::testing::ReadFileOrDie(path));
-}
-std::vector<int32_t> Ints(const json& j) { return j.get<std::vector<int32_t>>(); }
-std::vector<float> Floats(const json& j) { return j.get<std::vector<float>>(); }
 
-struct Worst {
-  double value = 0;
-  void Add(double d) { value = std::max(value, d); }
-  void Print(const std::string& what) const {
-    std::printf("[golden] %-58s worst max|d| = %.3g\n", what.c_str(), value);
-  }
-};
 
 std::unique_ptr<LoadedModel> Load(const std::string& dir) {
   absl::StatusOr<std::unique_ptr<LoadedModel>> m = LoadedModel::Load({.path = dir});
@@ -130,7 +123,7 @@ TEST(Seq2SeqGoldenTest, T5Mini) {
   EXPECT_EQ(lm->tokenizer(), lm->target_tokenizer());
   const int V = model.vocab_size();
   const json g = LoadJson(golden);
-  Worst hidden, step0, top5, beam_scores;
+  WorstDelta hidden, step0, top5, beam_scores;
   int inputs = 0;
   for (const json& in : g["inputs"]) {
     ++inputs;
@@ -270,7 +263,7 @@ TEST(Seq2SeqGoldenTest, T5MiniBatched) {
   // One packed encoder pass: real rows equal HF's padded batch.
   absl::StatusOr<std::vector<float>> h = s2s->EncoderHiddenStates(spans);
   ASSERT_TRUE(h.ok()) << h.status();
-  Worst hidden;
+  WorstDelta hidden;
   size_t row = 0;
   for (size_t b = 0; b < sources.size(); ++b) {
     for (size_t t = 0; t < sources[b].size(); ++t, ++row) {
@@ -316,7 +309,7 @@ TEST(Seq2SeqGoldenTest, OpenNmtTransliterationReferenceOutputs) {
   ASSERT_NE(lm->target_tokenizer(), lm->tokenizer());
   const int V = model.vocab_size();
   const json ref = LoadJson(dir + "/reference_outputs.json");
-  Worst logprob;
+  WorstDelta logprob;
   int cases = 0;
   for (const json& c : ref["cases"]) {
     ++cases;

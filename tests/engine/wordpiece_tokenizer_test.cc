@@ -15,18 +15,17 @@
 #include "engine/tokenizer/truncation.h"
 #include "engine/tokenizer/utf8.h"
 #include "nlohmann/json.hpp"
+#include "tests/util/golden_json.h"
 #include "tests/util/test_env.h"
 
 namespace maskserve::engine {
 namespace {
 
 using json = nlohmann::json;
+using maskserve::testing::LoadJson;
 using Strategy = TruncationOptions::Strategy;
 using Side = TruncationOptions::Side;
 
-json LoadJson(const std::string& path) {
-  return json::parse(maskserve::testing::ReadFileOrDie(path));
-}
 
 std::unique_ptr<Tokenizer> LoadOrDie(const std::string& dir) {
   auto tok = LoadTokenizer(dir);

@@ -84,7 +84,7 @@ class Recorder {
 };
 
 // One request's outcome; counts callbacks so "exactly once" is checked.
-class Outcome {
+class BatchOutcome {
  public:
   Batcher::DoneFn Fn() {
     return [this](Batcher::Result r) {
@@ -137,7 +137,7 @@ TEST(DynamicBatcherTest, ClosesOnSizeWithoutWaitingForTheDelay) {
   FakeClock clock;
   Recorder rec;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out[5];
+  BatchOutcome out[5];
   auto b = MakeBatcher(FakeOptions(&clock), rec.Fn());
   for (int i = 0; i < 5; ++i) {
     ASSERT_TRUE(b->Submit(Inputs({{i, 5}}), absl::InfiniteFuture(), out[i].Fn()).ok());
@@ -160,7 +160,7 @@ TEST(DynamicBatcherTest, ClosesWhenTheNextItemWouldExceedMaxBatchTokens) {
   o.max_batch_size = 100;
   o.max_batch_tokens = 100;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out[3];
+  BatchOutcome out[3];
   auto b = MakeBatcher(o, rec.Fn());
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(b->Submit(Inputs({{i, 40}}), absl::InfiniteFuture(), out[i].Fn()).ok());
@@ -181,7 +181,7 @@ TEST(DynamicBatcherTest, ClosesOnDelayOnlyOnceTheOldestItemWaitedMaxQueueDelay) 
   FakeClock clock;
   Recorder rec;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome first, second;
+  BatchOutcome first, second;
   auto b = MakeBatcher(FakeOptions(&clock), rec.Fn());
   ASSERT_TRUE(b->Submit(Inputs({{1, 5}}), absl::InfiniteFuture(), first.Fn()).ok());
   clock.Advance(absl::Milliseconds(4));
@@ -205,7 +205,7 @@ TEST(DynamicBatcherTest, ResultsCarryQueueWaitAndInferenceTime) {
   FakeClock clock;
   Recorder rec;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out;
+  BatchOutcome out;
   // The "engine" takes 3 ms of fake time.
   auto b = MakeBatcher(FakeOptions(&clock),
                        rec.Fn([&](auto) { clock.Advance(absl::Milliseconds(3)); }));
@@ -229,7 +229,7 @@ TEST(DynamicBatcherTest, AnItemLargerThanMaxBatchTokensRunsAlone) {
   DynamicBatcherOptions o = FakeOptions(&clock);
   o.max_batch_tokens = 100;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out;
+  BatchOutcome out;
   auto b = MakeBatcher(o, rec.Fn());
   ASSERT_TRUE(b->Submit(Inputs({{0, 500}, {1, 10}}), absl::InfiniteFuture(), out.Fn()).ok());
   b->AwaitIdleForTesting();
@@ -252,8 +252,8 @@ TEST(DynamicBatcherTest, ExpiredRequestsAreDroppedBeforeCompute) {
   DynamicBatcherOptions o = FakeOptions(&clock);
   o.registry = &registry;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome late, patient;
-  Outcome never;
+  BatchOutcome late, patient;
+  BatchOutcome never;
   auto b = MakeBatcher(o, rec.Fn());
   ASSERT_TRUE(
       b->Submit(Inputs({{1, 5}, {2, 5}}), clock.Now() + absl::Milliseconds(5), late.Fn()).ok());
@@ -288,7 +288,7 @@ TEST(DynamicBatcherTest, CancelRemovesQueuedItemsAndReportsCancelled) {
   o.max_batch_size = 8;  // the four items must not fill a batch before Cancel
   o.registry = &registry;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome a, c;
+  BatchOutcome a, c;
   auto b = MakeBatcher(o, rec.Fn());
   absl::StatusOr<RequestHandle> ha =
       b->Submit(Inputs({{1, 5}, {2, 5}, {3, 5}}), absl::InfiniteFuture(), a.Fn());
@@ -317,8 +317,8 @@ TEST(DynamicBatcherTest, RefusesWithResourceExhaustedBeyondMaxQueueSize) {
   o.max_queue_size = 5;
   o.registry = &registry;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out[3];
-  Outcome refused;
+  BatchOutcome out[3];
+  BatchOutcome refused;
   auto b = MakeBatcher(o, rec.Fn());
   ASSERT_TRUE(
       b->Submit(Inputs({{1, 1}, {2, 1}, {3, 1}}), absl::InfiniteFuture(), out[0].Fn()).ok());
@@ -352,7 +352,7 @@ TEST(DynamicBatcherTest, ALargeRequestIsSplitAcrossBatchesAndReassembledInOrder)
   FakeClock clock;
   Recorder rec;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out;
+  BatchOutcome out;
   auto b = MakeBatcher(FakeOptions(&clock), rec.Fn());
   std::vector<std::pair<int, int64_t>> items;
   for (int i = 0; i < 10; ++i) items.push_back({i, 1 + (i * 7) % 5});
@@ -385,7 +385,7 @@ TEST(DynamicBatcherTest, LengthGroupingMakesUniformBatchesAndTheOldestGoesFirst)
   {
     FakeClock clock;
     Recorder rec;
-    Outcome out;
+    BatchOutcome out;
     DynamicBatcherOptions o = FakeOptions(&clock);
     o.max_batch_tokens = 100000;
     auto b = MakeBatcher(o, rec.Fn());
@@ -400,7 +400,7 @@ TEST(DynamicBatcherTest, LengthGroupingMakesUniformBatchesAndTheOldestGoesFirst)
     // Strict FIFO for contrast: the same queue gives mixed batches.
     FakeClock clock;
     Recorder rec;
-    Outcome out;
+    BatchOutcome out;
     DynamicBatcherOptions o = FakeOptions(&clock);
     o.max_batch_tokens = 100000;
     o.length_grouping_window = 0;
@@ -420,9 +420,9 @@ TEST(DynamicBatcherTest, AFloodOfSimilarRequestsDoesNotStarveAnOlderOne) {
   DynamicBatcherOptions o = FakeOptions(&clock);
   o.max_batch_tokens = 1000;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome blocker;
-  Outcome old;
-  std::vector<std::unique_ptr<Outcome>> flood;
+  BatchOutcome blocker;
+  BatchOutcome old;
+  std::vector<std::unique_ptr<BatchOutcome>> flood;
   auto b = MakeBatcher(o, rec.Fn([&](absl::Span<Batcher::Item* const> items) {
     if (items[0]->input.id == -1) {
       started.Notify();
@@ -434,7 +434,7 @@ TEST(DynamicBatcherTest, AFloodOfSimilarRequestsDoesNotStarveAnOlderOne) {
   started.Wait();
   ASSERT_TRUE(b->Submit(Inputs({{1000, 300}}), absl::InfiniteFuture(), old.Fn()).ok());
   for (int i = 0; i < 40; ++i) {
-    flood.push_back(std::make_unique<Outcome>());
+    flood.push_back(std::make_unique<BatchOutcome>());
     ASSERT_TRUE(b->Submit(Inputs({{i, 10}}), absl::InfiniteFuture(), flood.back()->Fn()).ok());
   }
   release.Notify();
@@ -459,7 +459,7 @@ TEST(DynamicBatcherTest, OneModelsLoadDoesNotBlockAnother) {
   DynamicBatcherOptions ob = oa;
   ob.model = "b";
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out_a, out_a2, out_b;
+  BatchOutcome out_a, out_a2, out_b;
   auto a = MakeBatcher(oa, rec_a.Fn([&](auto) {
     started.Notify();
     release.Wait();
@@ -485,8 +485,8 @@ TEST(DynamicBatcherTest, ShutdownRunsQueuedWorkThenRefusesNewRequests) {
   o.max_queue_delay = absl::Hours(1);
   o.num_workers = 2;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out[3];
-  Outcome late;
+  BatchOutcome out[3];
+  BatchOutcome late;
   auto b = MakeBatcher(o, rec.Fn());
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(b->Submit(Inputs({{i, 5}}), absl::InfiniteFuture(), out[i].Fn()).ok());
@@ -494,7 +494,7 @@ TEST(DynamicBatcherTest, ShutdownRunsQueuedWorkThenRefusesNewRequests) {
   b->AwaitIdleForTesting();
   EXPECT_TRUE(rec.batches().empty());
   b->Shutdown();  // no clock advance: shutdown does not wait for the delay
-  for (Outcome& o : out) {
+  for (BatchOutcome& o : out) {
     EXPECT_EQ(o.calls(), 1);
     EXPECT_TRUE(o.Wait().ok());
   }
@@ -509,8 +509,8 @@ TEST(DynamicBatcherTest, ErrorsFailOnlyTheRequestsTheyConcern) {
   DynamicBatcherOptions o = FakeOptions(&clock);
   o.max_batch_size = 3;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome bad, good;
-  Outcome alone;
+  BatchOutcome bad, good;
+  BatchOutcome alone;
   auto b = MakeBatcher(o, [](absl::Span<Batcher::Item* const> items) {
     for (Batcher::Item* item : items) {
       if (item->input.id == 13) item->status = absl::InvalidArgumentError("unlucky");
@@ -545,7 +545,7 @@ TEST(DynamicBatcherTest, ExportsBatchingMetrics) {
   DynamicBatcherOptions o = FakeOptions(&clock);
   o.registry = &registry;
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out, queued;
+  BatchOutcome out, queued;
   auto b = MakeBatcher(o, rec.Fn());
   // One batch of 4 with lengths 10,10,10,30: padding 1 - 60/120 = 0.5.
   ASSERT_TRUE(
@@ -600,7 +600,7 @@ TEST(DynamicBatcherTest, CreateRejectsInvalidOptions) {
   EXPECT_EQ(Batcher::Create(FakeOptions(&clock), nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome out;
+  BatchOutcome out;
   auto b = MakeBatcher(FakeOptions(&clock), rec.Fn());
   EXPECT_EQ(b->Submit({}, absl::InfiniteFuture(), out.Fn()).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -625,7 +625,7 @@ TEST(DynamicBatcherStressTest, EveryRequestCompletesExactlyOnceWithItsOwnResults
   constexpr int kRequests = 150;
   struct Tracked {
     std::vector<int> ids;
-    Outcome outcome;
+    BatchOutcome outcome;
     bool cancelled = false;
   };
   std::vector<std::unique_ptr<Tracked>> tracked(kThreads * kRequests);
@@ -693,7 +693,7 @@ TEST(DynamicBatcherTest, ShedsARequestTheQueueWouldMakeLate) {
   Latch entered, release;
   std::atomic<int> batches{0};
   // Declared before the batcher: its shutdown may still complete them.
-  Outcome a, b, c, e, late_but_unmeasured;
+  BatchOutcome a, b, c, e, late_but_unmeasured;
   auto batcher = MakeBatcher(o, rec.Fn([&](absl::Span<Batcher::Item* const>) {
     if (batches.fetch_add(1) == 0) {
       clock.Advance(absl::Milliseconds(100));  // 10 tokens in 100 ms: 10 ms a token
