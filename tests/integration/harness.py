@@ -104,11 +104,13 @@ class ServerProcess:
 
     def channel(self):
         """A channel that reconnects quickly (the server may still be starting)
-        and accepts messages up to the server's default 64 MiB limit."""
+        and accepts messages up to the server's default 64 MiB limit.
+        grpc.min_reconnect_backoff_ms is left alone: gRPC core also uses it as
+        the connect timeout (default 20 s), and a short one fails the
+        handshake of a slow (sanitized, loaded) server with UNAVAILABLE."""
         import grpc
         return grpc.insecure_channel(self.target, options=[
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 500),
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20),

@@ -68,7 +68,7 @@ TEST(HttpExporterTest, ServesHealthReadinessMetricsAnd404) {
 
 TEST(HttpExporterTest, EmptyReadyCallbackMeansReady) {
   MetricsRegistry reg;
-  auto exporter = HttpExporter::Create({"127.0.0.1", 0, &reg, nullptr});
+  auto exporter = HttpExporter::Create({"127.0.0.1", 0, &reg, nullptr, "", ""});
   ASSERT_TRUE(exporter.ok()) << exporter.status();
   httplib::Client cli("127.0.0.1", (*exporter)->port());
   auto res = cli.Get("/readyz");
@@ -78,10 +78,10 @@ TEST(HttpExporterTest, EmptyReadyCallbackMeansReady) {
 
 TEST(HttpExporterTest, PortInUseIsAClearError) {
   MetricsRegistry reg;
-  auto first = HttpExporter::Create({"127.0.0.1", 0, &reg, nullptr});
+  auto first = HttpExporter::Create({"127.0.0.1", 0, &reg, nullptr, "", ""});
   ASSERT_TRUE(first.ok()) << first.status();
   const int port = (*first)->port();
-  auto second = HttpExporter::Create({"127.0.0.1", port, &reg, nullptr});
+  auto second = HttpExporter::Create({"127.0.0.1", port, &reg, nullptr, "", ""});
   ASSERT_FALSE(second.ok());
   EXPECT_NE(second.status().message().find("127.0.0.1:" + std::to_string(port)),
             absl::string_view::npos)
@@ -89,14 +89,14 @@ TEST(HttpExporterTest, PortInUseIsAClearError) {
 }
 
 TEST(HttpExporterTest, RejectsMissingRegistry) {
-  EXPECT_EQ(HttpExporter::Create({"127.0.0.1", 0, nullptr, nullptr}).status().code(),
+  EXPECT_EQ(HttpExporter::Create({"127.0.0.1", 0, nullptr, nullptr, "", ""}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST(HttpExporterTest, ShutdownRightAfterCreateDoesNotHang) {
   MetricsRegistry reg;
   for (int i = 0; i < 20; ++i) {
-    auto e = HttpExporter::Create({"127.0.0.1", 0, &reg, nullptr});
+    auto e = HttpExporter::Create({"127.0.0.1", 0, &reg, nullptr, "", ""});
     ASSERT_TRUE(e.ok()) << e.status();
   }
 }
@@ -120,7 +120,7 @@ TEST(HttpExporterTest, ScrapePassesPromtoolCheckMetrics) {
   (*sm)->model_ready->WithLabels({"bert \"base\"\n"})->Set(1);
   (*sm)->model_load_seconds->WithLabels({"bert \"base\"\n"})->Set(2.5);
 
-  auto exporter = HttpExporter::Create({"127.0.0.1", 0, &reg, nullptr});
+  auto exporter = HttpExporter::Create({"127.0.0.1", 0, &reg, nullptr, "", ""});
   ASSERT_TRUE(exporter.ok()) << exporter.status();
   httplib::Client cli("127.0.0.1", (*exporter)->port());
   auto res = cli.Get("/metrics");

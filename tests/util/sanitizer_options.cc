@@ -10,6 +10,10 @@ const char* __lsan_default_options() {
   return "print_suppressions=0:suppressions=" MASKSERVE_LSAN_SUPPRESSIONS;
 }
 
-const char* __tsan_default_options() { return "halt_on_error=1:second_deadlock_stack=1"; }
+// Suppressions name frames inside gRPC / protobuf / Abseil only (Debian's
+// builds are not TSan-instrumented); see tests/tsan.supp.
+const char* __tsan_default_options() {
+  return "halt_on_error=1:second_deadlock_stack=1:suppressions=" MASKSERVE_TSAN_SUPPRESSIONS;
+}
 
 }  // extern "C"
