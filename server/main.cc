@@ -2,8 +2,10 @@
 // Parses flags, starts the server, and turns SIGTERM/SIGINT into a graceful
 // drain (finish in-flight work within --shutdown_grace_s, then exit 0).
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "server/config.h"
@@ -13,6 +15,16 @@
 int main(int argc, char** argv) {
   using maskserve::server::LogEvent;
   using maskserve::server::LogLevel;
+
+  // libgomp reads OMP_WAIT_POLICY once, when it loads: without PASSIVE its
+  // idle workers spin and take the cores from the gRPC and batching threads
+  // (and from the next batch). So set it and re-execute, unless the operator
+  // chose a policy.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv);
+    std::perror("maskserve: re-exec with OMP_WAIT_POLICY=PASSIVE failed; continuing");
+  }
 
   // Block the shutdown signals in every thread (threads inherit the mask);
   // main waits for them synchronously below.
