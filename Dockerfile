@@ -14,7 +14,7 @@ WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-deps.sh
 RUN bash scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
+RUN cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DMASKSERVE_UNITY_BUILD=ON -DBUILD_TESTING=OFF \
  && cmake --build build/release -j"$(nproc)" --target maskserve maskserve-cli maskserve-bench
 
 FROM debian:12-slim AS runtime
