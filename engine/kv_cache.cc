@@ -64,7 +64,7 @@ KvCachePool::KvCachePool(const KvCacheOptions& options, int num_blocks, int64_t 
 KvCachePool::~KvCachePool() { std::free(data_); }
 
 SeqId KvCachePool::AllocateSequence() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   const SeqId id = next_id_++;
   seqs_.emplace(id, Sequence{});
   return id;
@@ -79,7 +79,7 @@ int KvCachePool::NeededLocked(const Sequence& s, int n) const {
 }
 
 absl::StatusOr<int> KvCachePool::BlocksNeededToAppend(SeqId seq, int n) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return UnknownSequence(seq);
   return NeededLocked(it->second, n);
@@ -113,7 +113,7 @@ void KvCachePool::CopyOnWriteLocked(Sequence& s, int index, int filled) {
 
 absl::Status KvCachePool::Append(SeqId seq, int n) {
   if (n < 0) return absl::InvalidArgumentError("KV cache: Append count must be >= 0");
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return UnknownSequence(seq);
   Sequence& s = it->second;
@@ -141,7 +141,7 @@ SeqId KvCachePool::ForkLocked(const Sequence& parent) {
 }
 
 absl::StatusOr<SeqId> KvCachePool::Fork(SeqId parent) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = seqs_.find(parent);
   if (it == seqs_.end()) return UnknownSequence(parent);
   // Copy before emplace: emplace may rehash and invalidate `it`.
@@ -156,7 +156,7 @@ void KvCachePool::FreeLocked(SeqId id) {
 }
 
 absl::Status KvCachePool::Free(SeqId seq) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (!seqs_.contains(seq)) return UnknownSequence(seq);
   FreeLocked(seq);
   return absl::OkStatus();
@@ -164,7 +164,7 @@ absl::Status KvCachePool::Free(SeqId seq) {
 
 absl::StatusOr<std::vector<SeqId>> KvCachePool::Reassign(absl::Span<const SeqId> old_seqs,
                                                          absl::Span<const int> parents) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (SeqId s : old_seqs) {
     if (!seqs_.contains(s)) return UnknownSequence(s);
   }
@@ -208,7 +208,7 @@ absl::Status KvCachePool::Write(SeqId seq, int layer, int pos_begin, int n, cons
   // Resolve (and un-share) the target blocks under the lock; copy data outside it.
   std::vector<float*> bases;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto it = seqs_.find(seq);
     if (it == seqs_.end()) return UnknownSequence(seq);
     Sequence& s = it->second;
@@ -250,7 +250,7 @@ absl::Status KvCachePool::Gather(SeqId seq, int layer, float* k_out, float* v_ou
   if (layer < 0 || layer >= options_.num_layers) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache: layer ", layer, " out of range"));
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return UnknownSequence(seq);
   const Sequence& s = it->second;
@@ -274,27 +274,27 @@ absl::Status KvCachePool::Gather(SeqId seq, int layer, float* k_out, float* v_ou
 }
 
 absl::StatusOr<int> KvCachePool::Length(SeqId seq) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return UnknownSequence(seq);
   return it->second.length;
 }
 
 absl::StatusOr<std::vector<int32_t>> KvCachePool::BlockTable(SeqId seq) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return UnknownSequence(seq);
   return it->second.blocks;
 }
 
 int KvCachePool::RefCount(int32_t block) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (block < 0 || block >= num_blocks_) return 0;
   return refcount_[block];
 }
 
 KvCacheStats KvCachePool::Stats() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   KvCacheStats st;
   st.blocks_total = num_blocks_;
   st.blocks_free = static_cast<int64_t>(free_.size());
@@ -320,7 +320,7 @@ absl::StatusOr<std::unique_ptr<PagedKvSource>> KvCachePool::MakeKvSource(
   kv->v_offset_ = Offset(0, 1, 0, 0);
   kv->num_keys_.reserve(seqs.size());
   kv->blocks_.reserve(seqs.size());
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (size_t b = 0; b < seqs.size(); ++b) {
     auto it = seqs_.find(seqs[b]);
     if (it == seqs_.end()) return UnknownSequence(seqs[b]);

@@ -31,7 +31,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include <mutex>
 #include "absl/types/span.h"
 #include "engine/attention.h"
 
@@ -150,25 +150,27 @@ class KvCachePool {
     return (((static_cast<int64_t>(layer) * 2 + kv) * options_.num_kv_heads + head) * bs + token) *
            options_.head_dim;
   }
-  int NeededLocked(const Sequence& s, int n) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The *Locked members run with mu_ held; mu_ guards free_, refcount_, seqs_
+  // and next_id_.
+  int NeededLocked(const Sequence& s, int n) const;
   // Replaces s.blocks[index] (shared) by a private copy of its first `filled`
   // tokens; a free block must exist.
-  void CopyOnWriteLocked(Sequence& s, int index, int filled) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  int32_t TakeBlockLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ReleaseBlockLocked(int32_t block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  SeqId ForkLocked(const Sequence& parent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FreeLocked(SeqId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CopyOnWriteLocked(Sequence& s, int index, int filled);
+  int32_t TakeBlockLocked();
+  void ReleaseBlockLocked(int32_t block);
+  SeqId ForkLocked(const Sequence& parent);
+  void FreeLocked(SeqId id);
 
   const KvCacheOptions options_;
   const int num_blocks_;
   const int64_t block_floats_;
   float* const data_;  // num_blocks_ * block_floats_, 64-byte aligned, owned
 
-  mutable absl::Mutex mu_;
-  std::vector<int32_t> free_ ABSL_GUARDED_BY(mu_);      // LIFO: recently freed blocks are reused first
-  std::vector<int32_t> refcount_ ABSL_GUARDED_BY(mu_);  // per block
-  absl::flat_hash_map<SeqId, Sequence> seqs_ ABSL_GUARDED_BY(mu_);
-  SeqId next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  mutable std::mutex mu_;  // std::, not absl::Mutex, so that TSan sees it (Debian's Abseil is uninstrumented)
+  std::vector<int32_t> free_;      // LIFO: recently freed blocks are reused first
+  std::vector<int32_t> refcount_;  // per block
+  absl::flat_hash_map<SeqId, Sequence> seqs_;
+  SeqId next_id_ = 1;
 };
 
 // Keys/values of one layer of a batch of sequences, read in place from the

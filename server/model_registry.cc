@@ -42,13 +42,13 @@ void ModelRegistry::Start() {
 void ModelRegistry::LoadAll() {
   size_t n;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     n = entries_.size();
   }
   for (size_t i = 0; i < n; ++i) {
     ModelSpec spec;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       spec = entries_[i].spec;
     }
     const auto start = std::chrono::steady_clock::now();
@@ -57,7 +57,7 @@ void ModelRegistry::LoadAll() {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     ModelSnapshot snap;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       ModelSnapshot& e = entries_[i];
       e.load_seconds = seconds;
       if (loaded.ok()) {
@@ -70,18 +70,21 @@ void ModelRegistry::LoadAll() {
       snap = e;
     }
     for (const Listener& l : listeners_) l(snap);
-    absl::MutexLock lock(&mu_);
-    ++notified_;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++notified_;
+    }
+    settled_cv_.notify_all();
   }
 }
 
 std::vector<ModelSnapshot> ModelRegistry::List() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return entries_;
 }
 
 absl::StatusOr<ModelSnapshot> ModelRegistry::Get(const std::string& name) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> names;
   for (const ModelSnapshot& e : entries_) {
     if (e.spec.name == name) return e;
@@ -92,12 +95,12 @@ absl::StatusOr<ModelSnapshot> ModelRegistry::Get(const std::string& name) const 
 }
 
 void ModelRegistry::SetDraining() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   draining_ = true;
 }
 
 absl::Status ModelRegistry::AcceptingWork() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (draining_) {
     return absl::UnavailableError("the server is shutting down; retry on another replica");
   }
@@ -121,7 +124,7 @@ absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> ModelRegistry::GetRea
 }
 
 bool ModelRegistry::AllSettled() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (const ModelSnapshot& e : entries_) {
     if (e.state == ModelState::kLoading) return false;
   }
@@ -129,11 +132,9 @@ bool ModelRegistry::AllSettled() const {
 }
 
 void ModelRegistry::WaitUntilSettled() const {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   // Settled and every listener has heard about it.
-  auto settled = [this]()
-                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return notified_ == entries_.size(); };
-  mu_.Await(absl::Condition(&settled));
+  settled_cv_.wait(lock, [this] { return notified_ == entries_.size(); });
 }
 
 }  // namespace maskserve::server

@@ -12,7 +12,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include <condition_variable>
+#include <mutex>
 #include "engine/loaded_model.h"
 #include "server/config.h"
 
@@ -84,11 +85,14 @@ class ModelRegistry {
   void LoadAll();
 
   Loader loader_;
-  mutable absl::Mutex mu_;
-  std::vector<ModelSnapshot> entries_ ABSL_GUARDED_BY(mu_);
-  bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  // Models whose final state the listeners have been told.
-  size_t notified_ ABSL_GUARDED_BY(mu_) = 0;
+  // std:: rather than absl::Mutex: Debian's Abseil is not built with TSan,
+  // which then cannot see absl::Mutex's synchronisation (make test-tsan).
+  mutable std::mutex mu_;
+  mutable std::condition_variable settled_cv_;  // signalled as notified_ grows
+  std::vector<ModelSnapshot> entries_;          // guarded by mu_
+  bool draining_ = false;                       // guarded by mu_
+  // Models whose final state the listeners have been told (guarded by mu_).
+  size_t notified_ = 0;
   std::vector<Listener> listeners_;
   std::thread thread_;
 };

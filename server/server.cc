@@ -62,20 +62,22 @@ class Server::MetricsObserver : public RpcObserver {
   explicit MetricsObserver(metrics::ServerMetrics* m) : m_(m) {}
   void OnRpcStart(absl::string_view service, absl::string_view method) override {
     For(service, method)->Started();
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++inflight_;
   }
   void OnRpcDone(absl::string_view service, absl::string_view method, int code,
                  double seconds) override {
     For(service, method)->Finished(code, seconds);
-    absl::MutexLock lock(&mu_);
-    --inflight_;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --inflight_;
+    }
+    idle_cv_.notify_all();
   }
   // Waits until no call is in flight or `deadline` passes; returns the count left.
   int WaitIdle(absl::Time deadline) {
-    absl::MutexLock lock(&mu_);
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
-    mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_cv_.wait_until(lock, absl::ToChronoTime(deadline), [this] { return inflight_ == 0; });
     return inflight_;
   }
 
@@ -84,8 +86,11 @@ class Server::MetricsObserver : public RpcObserver {
     return m_->ForMethod(std::string(service), std::string(method));
   }
   metrics::ServerMetrics* m_;
-  absl::Mutex mu_;
-  int inflight_ ABSL_GUARDED_BY(mu_) = 0;
+  // std:: synchronisation throughout the server: Debian's Abseil is not built
+  // with TSan, which then cannot see absl::Mutex (make test-tsan).
+  std::mutex mu_;
+  std::condition_variable idle_cv_;  // signalled when a call finishes
+  int inflight_ = 0;                 // guarded by mu_
 };
 
 absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> LoadModelForServing(
@@ -319,9 +324,10 @@ void Server::UpdateHealth() {
 
 void Server::Shutdown(double grace_s) {
   {
-    absl::MutexLock lock(&shutdown_mu_);
+    std::lock_guard<std::mutex> lock(shutdown_mu_);
     if (shutdown_done_ || grpc_server_ == nullptr) {
       shutdown_done_ = true;
+      shutdown_cv_.notify_all();
       return;
     }
   }
@@ -343,8 +349,11 @@ void Server::Shutdown(double grace_s) {
     grpc_server_->Wait();
     if (exporter_) exporter_->Shutdown();
     LogEvent(LogLevel::kInfo, "shutdown_done", {});
-    absl::MutexLock lock(&shutdown_mu_);
-    shutdown_done_ = true;
+    {
+      std::lock_guard<std::mutex> lock(shutdown_mu_);
+      shutdown_done_ = true;
+    }
+    shutdown_cv_.notify_all();
   } else {
     Wait();
   }
@@ -367,8 +376,8 @@ absl::Status Server::ReloadAuth() {
 }
 
 void Server::Wait() {
-  absl::MutexLock lock(&shutdown_mu_);
-  shutdown_mu_.Await(absl::Condition(&shutdown_done_));
+  std::unique_lock<std::mutex> lock(shutdown_mu_);
+  shutdown_cv_.wait(lock, [this] { return shutdown_done_; });
 }
 
 }  // namespace maskserve::server

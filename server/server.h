@@ -5,7 +5,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -82,8 +84,9 @@ class Server {
   std::unique_ptr<metrics::HttpExporter> exporter_;
   int grpc_port_ = 0;
   std::atomic<bool> shutting_down_{false};
-  absl::Mutex shutdown_mu_;
-  bool shutdown_done_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+  std::mutex shutdown_mu_;
+  std::condition_variable shutdown_cv_;  // signalled when shutdown_done_ turns true
+  bool shutdown_done_ = false;           // guarded by shutdown_mu_
 };
 
 // Loads one configured model (the loader the registry uses in production):

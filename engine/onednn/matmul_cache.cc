@@ -80,14 +80,14 @@ int MatmulCache::RowClass(int rows, int max_chunk_rows) {
 }
 
 MatmulCache::Stats MatmulCache::stats() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return Stats{entries_.size(), hits_, misses_, reference_impls_};
 }
 
 absl::StatusOr<std::shared_ptr<const MatmulCache::Entry>> MatmulCache::GetOrCreate(
     const Key& key, const PackedLinear& w) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto it = entries_.find(key);
     if (it != entries_.end()) {
       ++hits_;
@@ -140,7 +140,7 @@ absl::StatusOr<std::shared_ptr<const MatmulCache::Entry>> MatmulCache::GetOrCrea
     return absl::InternalError(absl::StrCat("MatmulCache: oneDNN matmul M=", key.m, " K=", key.k,
                                             " N=", key.n, ": ", e.what()));
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   ++misses_;
   // Another thread may have raced us to it; keep the first one.
   auto [it, inserted] = entries_.emplace(key, std::move(entry));

@@ -36,7 +36,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include <mutex>
 #include "engine/onednn/packed_weight.h"
 
 namespace maskserve::engine {
@@ -118,11 +118,11 @@ class MatmulCache {
                                                            const PackedLinear& w);
 
   const MatmulCacheOptions options_;
-  mutable absl::Mutex mu_;
-  absl::flat_hash_map<Key, std::shared_ptr<const Entry>> entries_ ABSL_GUARDED_BY(mu_);
-  uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t misses_ ABSL_GUARDED_BY(mu_) = 0;
-  size_t reference_impls_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable std::mutex mu_;  // std::, not absl::Mutex, so that TSan sees it (Debian's Abseil is uninstrumented)
+  absl::flat_hash_map<Key, std::shared_ptr<const Entry>> entries_;
+  uint64_t hits_ = 0;
+  uint64_t misses_ = 0;
+  size_t reference_impls_ = 0;
 };
 
 }  // namespace maskserve::engine

@@ -7,7 +7,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
+#include <mutex>
 #include "engine/tokenizer/clean_up_tokenization.h"
 #include "engine/tokenizer/gpt2_pretokenizer.h"
 #include "engine/tokenizer/python_utf8_decode.h"
@@ -318,7 +318,7 @@ class ByteLevelBpeTokenizer::MergeCache {
 
   bool Get(absl::string_view word, std::vector<Sym>* out) {
     Shard& s = shards_[ShardOf(word)];
-    absl::MutexLock lock(&s.mu);
+    std::lock_guard<std::mutex> lock(s.mu);
     auto it = s.map.find(word);
     if (it == s.map.end()) return false;
     out->insert(out->end(), it->second.begin(), it->second.end());
@@ -327,7 +327,7 @@ class ByteLevelBpeTokenizer::MergeCache {
 
   void Put(absl::string_view word, const Sym* syms, size_t n) {
     Shard& s = shards_[ShardOf(word)];
-    absl::MutexLock lock(&s.mu);
+    std::lock_guard<std::mutex> lock(s.mu);
     if (s.map.size() >= per_shard_) s.map.clear();
     s.map.try_emplace(word, syms, syms + n);
   }
@@ -335,8 +335,8 @@ class ByteLevelBpeTokenizer::MergeCache {
  private:
   static constexpr size_t kShards = 16;
   struct Shard {
-    absl::Mutex mu;
-    absl::flat_hash_map<std::string, std::vector<Sym>> map ABSL_GUARDED_BY(mu);
+    std::mutex mu;  // std::, not absl::Mutex, so that TSan sees it
+    absl::flat_hash_map<std::string, std::vector<Sym>> map;
   };
   static size_t ShardOf(absl::string_view word) {
     return absl::Hash<absl::string_view>{}(word) % kShards;

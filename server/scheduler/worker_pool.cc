@@ -22,25 +22,28 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
 
 WorkerPool::~WorkerPool() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
+  cv_.notify_all();
   for (std::thread& t : threads_) t.join();
 }
 
 absl::Status WorkerPool::Submit(std::function<void()> task) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (stopping_) return absl::FailedPreconditionError("the server is shutting down");
   if (options_.max_queued > 0 && queue_.size() - head_ >= options_.max_queued) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the ", options_.name, " queue is full (", options_.max_queued, " tasks)"));
   }
   queue_.push_back(std::move(task));
+  lock.unlock();
+  cv_.notify_one();
   return absl::OkStatus();
 }
 
 size_t WorkerPool::queued() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return queue_.size() - head_;
 }
 
@@ -48,11 +51,8 @@ void WorkerPool::Run() {
   for (;;) {
     std::function<void()> task;
     {
-      absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return head_ < queue_.size() || stopping_;
-      };
-      mu_.Await(absl::Condition(&ready));
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return head_ < queue_.size() || stopping_; });
       if (head_ == queue_.size()) return;  // stopping and drained
       task = std::move(queue_[head_++]);
       if (head_ == queue_.size()) {

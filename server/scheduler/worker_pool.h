@@ -4,14 +4,15 @@
 // workers block on a condition variable: nothing spin-waits.
 #pragma once
 
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 
 namespace maskserve::server {
 
@@ -45,10 +46,13 @@ class WorkerPool {
   void Run();
 
   const WorkerPoolOptions options_;
-  mutable absl::Mutex mu_;
-  std::vector<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
-  size_t head_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // std:: rather than absl::Mutex: Debian's Abseil is not built with TSan,
+  // which then cannot see absl::Mutex's synchronisation (make test-tsan).
+  mutable std::mutex mu_;
+  std::condition_variable cv_;              // signalled on a new task or on stop
+  std::vector<std::function<void()>> queue_;  // guarded by mu_
+  size_t head_ = 0;                           // guarded by mu_
+  bool stopping_ = false;                     // guarded by mu_
   std::vector<std::thread> threads_;
 };
 

@@ -102,6 +102,21 @@ class ServerProcess:
                                          + "\n".join(self.log_lines[-50:]))
                 self._log_cv.wait(min(left, 0.2))
 
+    def await_listening(self, timeout=60):
+        """Waits for the server's `event=listening` log line (quietly gives up
+        when the process exits or after `timeout`). A channel that connects
+        before the port is bound is refused, and gRPC then backs off for
+        seconds before it tries again, whatever the backoff options say."""
+        if self.proc is None:
+            return
+        deadline = time.time() + timeout
+        with self._log_cv:
+            while not any("event=listening" in line for line in self.log_lines):
+                left = deadline - time.time()
+                if left <= 0 or self.proc.poll() is not None:
+                    return
+                self._log_cv.wait(min(left, 0.2))
+
     def channel(self):
         """A channel that reconnects quickly (the server may still be starting)
         and accepts messages up to the server's default 64 MiB limit.
@@ -109,6 +124,7 @@ class ServerProcess:
         the connect timeout (default 20 s), and a short one fails the
         handshake of a slow (sanitized, loaded) server with UNAVAILABLE."""
         import grpc
+        self.await_listening()
         return grpc.insecure_channel(self.target, options=[
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 500),
