@@ -13,7 +13,7 @@ GENERATOR   ?= Ninja
 SERVE_ARGS  ?=
 CTEST_ARGS  ?=
 # Seconds each libFuzzer target runs in `make fuzz` (and so in `make test`).
-FUZZ_SECONDS ?= 15
+FUZZ_SECONDS ?= 10
 # Unity batches: each target parses the gRPC / protobuf / gtest headers once
 # per batch of sources, not once per file (see CMakeLists.txt).
 UNITY       ?= ON

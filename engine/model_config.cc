@@ -21,17 +21,17 @@ using json = nlohmann::json;
 // Larger dimensions are treated as corrupt: keeps derived products (4 * n,
 // heads * head_dim) far from overflow.
 constexpr int64_t kMaxDim = int64_t{1} << 31;
-constexpr int kMaxJsonDepth = 64;
-struct TooDeep {};
+constexpr int kMaxConfigJsonDepth = 64;
+struct ConfigTooDeep {};
 
 absl::StatusOr<json> ParseJson(absl::string_view text, absl::string_view source) {
   try {
     json::parser_callback_t cb = [](int depth, json::parse_event_t, json&) {
-      if (depth > kMaxJsonDepth) throw TooDeep{};
+      if (depth > kMaxConfigJsonDepth) throw ConfigTooDeep{};
       return true;
     };
     return json::parse(text.begin(), text.end(), cb);
-  } catch (const TooDeep&) {
+  } catch (const ConfigTooDeep&) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": JSON nested too deeply"));
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(source, " is not valid JSON: ", e.what()));

@@ -51,8 +51,8 @@ const DtypeEntry& EntryOf(SafetensorsDtype dtype) {
 
 // Thrown from the parser callback to stop on pathological nesting before the
 // parser builds (and later recursively destroys) a deep tree.
-struct TooDeep {};
-constexpr int kMaxJsonDepth = 16;
+struct SafetensorsHeaderTooDeep {};
+constexpr int kMaxHeaderJsonDepth = 16;
 
 uint32_t BitsOf(float f) {
   uint32_t u;
@@ -114,7 +114,7 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view heade
   std::string duplicate;
   try {
     json::parser_callback_t cb = [&](int depth, json::parse_event_t event, json& parsed) {
-      if (depth > kMaxJsonDepth) throw TooDeep{};
+      if (depth > kMaxHeaderJsonDepth) throw SafetensorsHeaderTooDeep{};
       if (event == json::parse_event_t::key && depth == 1 && parsed.is_string()) {
         const std::string& k = parsed.get_ref<const std::string&>();
         if (!seen.insert(k).second && duplicate.empty()) duplicate = k;
@@ -122,7 +122,7 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view heade
       return true;
     };
     root = json::parse(header_json.begin(), header_json.end(), cb);
-  } catch (const TooDeep&) {
+  } catch (const SafetensorsHeaderTooDeep&) {
     return absl::InvalidArgumentError("safetensors header: JSON nested too deeply");
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("safetensors header is not valid JSON: ", e.what()));
