@@ -49,13 +49,6 @@ namespace maskserve::engine {
 class SafetensorsModel;
 class GenerationStep;
 
-// The matmul implementation of the linear layers.
-enum class LinearKernel {
-  kAuto,    // oneDNN on AVX-512 CPUs or for BF16; PanelLinear for FP32 on AVX2-only CPUs
-  kOneDnn,  // MatmulCache (PackedLinear) at every M
-  kPanel,   // PanelLinear at every M (FP32 only)
-};
-
 struct CausalLmOptions {
   MatmulDType dtype = MatmulDType::kF32;             // precision of the packed linear layers
   LinearKernel linear_kernel = LinearKernel::kAuto;  // matmul implementation (see above)

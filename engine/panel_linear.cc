@@ -258,4 +258,19 @@ void PanelLinear::Run(const float* x, int rows, float* y, bool accumulate) const
   }
 }
 
+absl::StatusOr<bool> UsePanelLinear(LinearKernel kernel, MatmulDType dtype) {
+  switch (kernel) {
+    case LinearKernel::kAuto:
+      return dtype == MatmulDType::kF32 && IsaDescription().rfind("avx512", 0) != 0;
+    case LinearKernel::kOneDnn:
+      return false;
+    case LinearKernel::kPanel:
+      if (dtype != MatmulDType::kF32) {
+        return absl::InvalidArgumentError("LinearKernel::kPanel is FP32 only");
+      }
+      return true;
+  }
+  return false;
+}
+
 }  // namespace maskserve::engine

@@ -59,4 +59,17 @@ class PanelLinear {
   std::shared_ptr<const Data> data_;
 };
 
+// The matmul implementation of the linear layers.
+enum class LinearKernel {
+  kAuto,    // oneDNN on AVX-512 CPUs or for BF16; PanelLinear for FP32 on AVX2-only CPUs
+  kOneDnn,  // MatmulCache (PackedLinear) at every M
+  kPanel,   // PanelLinear at every M (FP32 only)
+};
+
+// Whether the generative models' linear layers run on PanelLinear (true) or
+// oneDNN (false) for `kernel` and `dtype`: kAuto picks PanelLinear for FP32
+// unless the CPU has AVX-512 (oneDNN 2.6 has small-M brgemm matmuls only from
+// AVX-512 on). INVALID_ARGUMENT for kPanel with a non-FP32 dtype.
+absl::StatusOr<bool> UsePanelLinear(LinearKernel kernel, MatmulDType dtype);
+
 }  // namespace maskserve::engine

@@ -292,21 +292,9 @@ absl::StatusOr<std::unique_ptr<Seq2SeqModel>> Seq2SeqModel::Create(
   Seq2SeqModel& m = *model;
   m.arch_ = a;
   m.dtype_ = options.dtype;
-  switch (options.linear_kernel) {
-    case LinearKernel::kAuto:
-      // oneDNN 2.6 has small-M (brgemm) matmuls only from AVX-512 on.
-      m.panel_ = options.dtype == MatmulDType::kF32 && IsaDescription().rfind("avx512", 0) != 0;
-      break;
-    case LinearKernel::kOneDnn:
-      m.panel_ = false;
-      break;
-    case LinearKernel::kPanel:
-      if (options.dtype != MatmulDType::kF32) {
-        return absl::InvalidArgumentError("LinearKernel::kPanel is FP32 only");
-      }
-      m.panel_ = true;
-      break;
-  }
+  absl::StatusOr<bool> panel = UsePanelLinear(options.linear_kernel, options.dtype);
+  if (!panel.ok()) return panel.status();
+  m.panel_ = *panel;
   m.eos_ = options.eos_token_ids.empty() ? a.eos_token_ids : options.eos_token_ids;
   m.decoder_start_ = options.decoder_start_token_id >= 0 ? options.decoder_start_token_id
                                                          : a.decoder_start_token_id;

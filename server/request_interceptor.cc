@@ -59,8 +59,8 @@ bool ValidRequestId(absl::string_view id) {
 class RequestInterceptor : public grpc::experimental::Interceptor {
  public:
   RequestInterceptor(grpc::experimental::ServerRpcInfo* info, RpcObserver* observer,
-                     AccessController* access)
-      : info_(info), observer_(observer), access_(access),
+                     AccessController* access, const std::function<absl::Status()>* accepting)
+      : info_(info), observer_(observer), access_(access), accepting_(accepting),
         start_(std::chrono::steady_clock::now()) {
     SplitMethod(info->method(), &service_, &method_);
     if (observer_ != nullptr) observer_->OnRpcStart(service_, method_);
@@ -145,16 +145,28 @@ class RequestInterceptor : public grpc::experimental::Interceptor {
     }
     // Handlers never see the token.
     EraseKey(md, kAuthorizationKey);
-    if (access_ == nullptr) return;
-    decision_ = access_->Admit(info_->method(), authorization, peer_);
-    // Overwrite the secret before the string is freed.
-    std::fill(auth_value.begin(), auth_value.end(), '\0');
-    if (decision_.status.ok()) return;
+    if (access_ != nullptr) {
+      decision_ = access_->Admit(info_->method(), authorization, peer_);
+      // Overwrite the secret before the string is freed.
+      std::fill(auth_value.begin(), auth_value.end(), '\0');
+      if (!decision_.status.ok()) return Refuse(decision_.status, md);
+    }
+    // Model work is refused from the moment a drain begins, decided here, when
+    // the call arrives: a call that arrived before (its request may still be
+    // uploading) is in flight, and the drain waits for it.
+    if (accepting_ != nullptr && *accepting_ &&
+        (service_ == "maskserve.v1.Embedding" || service_ == "maskserve.v1.Generation")) {
+      if (absl::Status s = (*accepting_)(); !s.ok()) return Refuse(s, md);
+    }
+  }
+
+  // Records `status` as the call's verdict for its handler (CallAdmission).
+  void Refuse(const absl::Status& status, std::multimap<grpc::string_ref, grpc::string_ref>* md) {
     refused_ = true;
     done_ = true;
-    code_ = static_cast<grpc::StatusCode>(decision_.status.code());
-    message_ = std::string(decision_.status.message());
-    const std::optional<absl::Duration> retry = RetryAfterOf(decision_.status);
+    code_ = static_cast<grpc::StatusCode>(status.code());
+    message_ = std::string(status.message());
+    const std::optional<absl::Duration> retry = RetryAfterOf(status);
     admission_ = absl::StrCat(static_cast<int>(code_), ":",
                               retry ? absl::ToInt64Milliseconds(*retry) : 0, ":", message_);
     md->emplace(grpc::string_ref(kAdmissionKey), grpc::string_ref(admission_));
@@ -170,6 +182,7 @@ class RequestInterceptor : public grpc::experimental::Interceptor {
   grpc::experimental::ServerRpcInfo* info_;
   RpcObserver* observer_;
   AccessController* access_;
+  const std::function<absl::Status()>* accepting_;
   std::chrono::steady_clock::time_point start_;
   std::string service_, method_, request_id_, peer_, message_;
   // The verdict; its permit holds the call's concurrency slot until the
@@ -198,7 +211,7 @@ void SplitMethod(absl::string_view full, std::string* service, std::string* meth
 
 grpc::experimental::Interceptor* RequestInterceptorFactory::CreateServerInterceptor(
     grpc::experimental::ServerRpcInfo* info) {
-  return new RequestInterceptor(info, observer_, access_);
+  return new RequestInterceptor(info, observer_, access_, &accepting_);
 }
 
 absl::Status CallAdmission(const grpc::ServerContextBase& context) {

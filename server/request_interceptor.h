@@ -18,6 +18,7 @@
 #include <grpcpp/support/server_interceptor.h>
 
 #include <functional>
+#include <utility>
 #include <memory>
 #include <string>
 
@@ -50,15 +51,19 @@ void SplitMethod(absl::string_view full, std::string* service, std::string* meth
 class RequestInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
   // `observer` and `access` may be null (no metrics / admit everything);
-  // both must outlive the server.
-  explicit RequestInterceptorFactory(RpcObserver* observer, AccessController* access = nullptr)
-      : observer_(observer), access_(access) {}
+  // both must outlive the server. `accepting_work` (may be empty) says whether
+  // new Embedding / Generation calls are taken (UNAVAILABLE while draining);
+  // it is asked once per call, when the call arrives.
+  explicit RequestInterceptorFactory(RpcObserver* observer, AccessController* access = nullptr,
+                                     std::function<absl::Status()> accepting_work = {})
+      : observer_(observer), access_(access), accepting_(std::move(accepting_work)) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override;
 
  private:
   RpcObserver* observer_;
   AccessController* access_;
+  std::function<absl::Status()> accepting_;
 };
 
 // The access-control verdict on the call: OK, or the status its handler

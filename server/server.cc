@@ -228,7 +228,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   builder.RegisterService(s->generation_service_.get());
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(
-      std::make_unique<RequestInterceptorFactory>(s->observer_.get(), s->access_.get()));
+      std::make_unique<RequestInterceptorFactory>(
+          s->observer_.get(), s->access_.get(),
+          [registry = s->registry_.get()] { return registry->AcceptingWork(); }));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   s->grpc_server_ = builder.BuildAndStart();
   if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {

@@ -14,6 +14,10 @@ absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> ResolveModel(
 
 absl::Status AdmitCall(const grpc::ServerContextBase& context, const ModelRegistry& registry) {
   if (absl::Status s = CallAdmission(context); !s.ok()) return s;
+  // Behind the request interceptor (it sets the request id) the drain was
+  // decided when the call arrived, so a call that arrived before the drain is
+  // served; without it, decide now.
+  if (!RequestIdOf(context).empty()) return absl::OkStatus();
   return registry.AcceptingWork();
 }
 

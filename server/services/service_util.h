@@ -18,9 +18,10 @@ namespace maskserve::server {
 absl::StatusOr<std::shared_ptr<const engine::LoadedModel>> ResolveModel(
     const ModelRegistry& registry, const std::string& name, const char* field = "model");
 
-// Whether a handler may start work on the call: the access-control verdict
-// of the request interceptor (CallAdmission), then the registry's drain
-// check (UNAVAILABLE while shutting down).
+// Whether a handler may start work on the call: the request interceptor's
+// verdict (CallAdmission: access control, and the drain check made when the
+// call arrived), or the registry's drain check now when no interceptor ran
+// (UNAVAILABLE while shutting down).
 absl::Status AdmitCall(const grpc::ServerContextBase& context, const ModelRegistry& registry);
 
 // Finishes a unary callback RPC with `status` and returns its reactor.

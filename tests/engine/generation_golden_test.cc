@@ -41,22 +41,13 @@ using maskserve::testing::Ints;
 using maskserve::testing::Floats;
 using maskserve::testing::WorstDelta;
 using testing::Argmax;
+using testing::LoadGenerator;
 using testing::MakePool;
 using testing::MaxAbsDiff;
 
 constexpr double kLogitsTol = 1e-3;
 constexpr double kBeamScoreTol = 1e-4;
 constexpr double kFp64Tol = 1e-4;
-
-
-std::unique_ptr<LoadedModel> Load(const std::string& dir) {
-  absl::StatusOr<std::unique_ptr<LoadedModel>> m = LoadedModel::Load({.path = dir});
-  EXPECT_TRUE(m.ok()) << m.status();
-  if (!m.ok()) return nullptr;
-  EXPECT_NE((*m)->generator(), nullptr);
-  return std::move(*m);
-}
-
 
 // One sequence decoded with the cache: Prefill(prompt), then Next(token).
 class CachedSequence {
@@ -158,7 +149,7 @@ void CheckCausalGeneration(const std::string& model_rel, const std::string& gold
                            const std::vector<int32_t>& beam_eos) {
   MASKSERVE_REQUIRE_SHARED(dir, model_rel);
   MASKSERVE_REQUIRE_SHARED(golden, golden_rel + "/generation.json");
-  std::unique_ptr<LoadedModel> lm = Load(dir);
+  std::unique_ptr<LoadedModel> lm = LoadGenerator(dir);
   ASSERT_NE(lm, nullptr);
   const GenerativeModel& model = *lm->generator();
   ASSERT_EQ(model.kind(), GenerationKind::kCausalLm);
@@ -248,7 +239,7 @@ TEST(GenerationGoldenTest, Stories260K) {
 void CheckBatched(const std::string& model_rel, const std::string& golden_rel) {
   MASKSERVE_REQUIRE_SHARED(dir, model_rel);
   MASKSERVE_REQUIRE_SHARED(golden, golden_rel + "/batched_left_padding.json");
-  std::unique_ptr<LoadedModel> lm = Load(dir);
+  std::unique_ptr<LoadedModel> lm = LoadGenerator(dir);
   ASSERT_NE(lm, nullptr);
   const GenerativeModel& model = *lm->generator();
   const json g = LoadJson(golden);
@@ -313,7 +304,7 @@ TEST(GenerationGoldenTest, Stories260KBatched) {
 TEST(GenerationGoldenTest, Stories260KReferenceOutputs) {
   MASKSERVE_REQUIRE_SHARED(dir, "models/stories260K");
   MASKSERVE_REQUIRE_SHARED(ref, "models/stories260K/reference_outputs.json");
-  std::unique_ptr<LoadedModel> lm = Load(dir);
+  std::unique_ptr<LoadedModel> lm = LoadGenerator(dir);
   ASSERT_NE(lm, nullptr);
   const GenerativeModel& model = *lm->generator();
   EXPECT_EQ(model.eos_token_ids(), (std::vector<int32_t>{1, 2}));  // generation_config.json
@@ -339,7 +330,7 @@ TEST(GenerationGoldenTest, Stories260KReferenceOutputs) {
 void CheckUnilm(const std::string& model_rel, const std::string& golden_rel) {
   MASKSERVE_REQUIRE_SHARED(dir, model_rel);
   MASKSERVE_REQUIRE_SHARED(golden, golden_rel + "/unilm_generation.json");
-  std::unique_ptr<LoadedModel> lm = Load(dir);
+  std::unique_ptr<LoadedModel> lm = LoadGenerator(dir);
   ASSERT_NE(lm, nullptr);
   const GenerativeModel& model = *lm->generator();
   ASSERT_EQ(model.kind(), GenerationKind::kUnilm);

@@ -7,13 +7,17 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/generative_model.h"
 #include "engine/kv_cache.h"
+#include "engine/loaded_model.h"
 
 namespace maskserve::engine::testing {
 
@@ -78,6 +82,16 @@ inline double MaxAbsDiff(absl::Span<const float> a, absl::Span<const float> b) {
     m = std::max(m, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
   }
   return m;
+}
+
+// The model directory `dir` loaded as a generator (nullptr and a test
+// failure when it does not load or cannot generate).
+inline std::unique_ptr<LoadedModel> LoadGenerator(const std::string& dir) {
+  absl::StatusOr<std::unique_ptr<LoadedModel>> m = LoadedModel::Load({.path = dir});
+  EXPECT_TRUE(m.ok()) << m.status();
+  if (!m.ok()) return nullptr;
+  EXPECT_NE((*m)->generator(), nullptr);
+  return std::move(*m);
 }
 
 }  // namespace maskserve::engine::testing

@@ -45,6 +45,7 @@ using maskserve::testing::Ints;
 using maskserve::testing::Floats;
 using maskserve::testing::WorstDelta;
 using testing::Argmax;
+using testing::LoadGenerator;
 using testing::MakePool;
 using testing::MaxAbsDiff;
 
@@ -52,16 +53,6 @@ constexpr double kHiddenTol = 1e-4;
 constexpr double kLogitsTol = 1e-3;
 constexpr double kBeamScoreTol = 1e-4;
 constexpr double kLogProbTol = 1e-4;
-
-
-
-std::unique_ptr<LoadedModel> Load(const std::string& dir) {
-  absl::StatusOr<std::unique_ptr<LoadedModel>> m = LoadedModel::Load({.path = dir});
-  EXPECT_TRUE(m.ok()) << m.status();
-  if (!m.ok()) return nullptr;
-  EXPECT_NE((*m)->generator(), nullptr);
-  return std::move(*m);
-}
 
 MaskSpec Causal() {
   MaskSpec m;
@@ -110,7 +101,7 @@ class Decoders {
 TEST(Seq2SeqGoldenTest, T5Mini) {
   MASKSERVE_REQUIRE_SHARED(dir, "golden/models/t5-mini");
   MASKSERVE_REQUIRE_SHARED(golden, "golden/t5-mini/outputs.json");
-  std::unique_ptr<LoadedModel> lm = Load(dir);
+  std::unique_ptr<LoadedModel> lm = LoadGenerator(dir);
   ASSERT_NE(lm, nullptr);
   const GenerativeModel& model = *lm->generator();
   ASSERT_EQ(model.kind(), GenerationKind::kEncoderDecoder);
@@ -245,7 +236,7 @@ TEST(Seq2SeqGoldenTest, T5Mini) {
 TEST(Seq2SeqGoldenTest, T5MiniBatched) {
   MASKSERVE_REQUIRE_SHARED(dir, "golden/models/t5-mini");
   MASKSERVE_REQUIRE_SHARED(golden, "golden/t5-mini/batched_right_padding.json");
-  std::unique_ptr<LoadedModel> lm = Load(dir);
+  std::unique_ptr<LoadedModel> lm = LoadGenerator(dir);
   ASSERT_NE(lm, nullptr);
   const GenerativeModel& model = *lm->generator();
   const auto* s2s = dynamic_cast<const Seq2SeqModel*>(&model);
@@ -298,7 +289,7 @@ TEST(Seq2SeqGoldenTest, T5MiniBatched) {
 
 TEST(Seq2SeqGoldenTest, OpenNmtTransliterationReferenceOutputs) {
   MASKSERVE_REQUIRE_SHARED(dir, "models/opennmt-aren-transliteration");
-  std::unique_ptr<LoadedModel> lm = Load(dir);
+  std::unique_ptr<LoadedModel> lm = LoadGenerator(dir);
   ASSERT_NE(lm, nullptr);
   const GenerativeModel& model = *lm->generator();
   ASSERT_EQ(model.kind(), GenerationKind::kEncoderDecoder);
