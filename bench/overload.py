@@ -35,7 +35,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from soak import Server  # noqa: E402
+from soak import Server, finish_report  # noqa: E402
 
 
 def bench(build, port, *args, timeout):
@@ -112,10 +112,7 @@ def run(build, factor, duration, capacity_s, deadline_ms, concurrency, workers, 
     other = sum(main_run["other_errors"].values())
     if other > 0.01 * max(1, main_run["requests"]):
         problems.append(f"{other} requests ended otherwise: {main_run['other_errors']}")
-    report["problems"] = problems
-    report["pass"] = not problems
-    print(json.dumps(report), file=out)
-    return report
+    return finish_report(report, problems, out)
 
 
 def main():

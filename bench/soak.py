@@ -189,6 +189,11 @@ def run(build, duration, warmup, concurrency, max_new_tokens, max_slope, max_gro
         problems.append(f"{inflight} calls still in flight after the load stopped")
     if "AddressSanitizer" in log or "runtime error" in log:
         problems.append("sanitizer report in the server log")
+    return finish_report(report, problems, out)
+
+
+def finish_report(report, problems, out):
+    """Records the pass criteria that failed, prints the report as one JSON line."""
     report["problems"] = problems
     report["pass"] = not problems
     print(json.dumps(report), file=out)
