@@ -33,7 +33,10 @@ ABSL_FLAG(std::vector<std::string>, model, {},
           "Without any, the generated demo model is served as 'demo'.");
 ABSL_FLAG(std::string, data_dir, "maskserve-data",
           "Directory for whitening profiles and the generated demo model.");
-ABSL_FLAG(int, workers, 0, "Engine worker threads per model (0 = from the CPU budget).");
+ABSL_FLAG(int, workers, 0,
+          "Embedding batching workers per model (0 = 2 when the CPU budget has 2+ cores, each "
+          "with half of it, while generation uses all of it; N = N workers of budget / N "
+          "threads for embedding and generation).");
 ABSL_FLAG(int, intra_op_threads, 0, "oneDNN/OpenMP threads per worker (0 = budget / workers).");
 ABSL_FLAG(std::string, dtype, "float32", "Compute precision: float32, bfloat16 or auto.");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message in bytes.");

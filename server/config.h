@@ -31,7 +31,8 @@ struct ServerOptions {
   std::vector<ModelSpec> models;
   // Where whitening profiles and the generated demo model live.
   std::string data_dir = "maskserve-data";
-  // Engine worker threads per model (0 = from the CPU budget).
+  // Embedding batching workers per model (0 = automatic, server/engine_threads.h:
+  // 2 when the CPU budget has 2+ cores, each with half of it; generation keeps all).
   int workers = 0;
   // oneDNN/OpenMP threads per worker (0 = CPU budget / workers).
   int intra_op_threads = 0;

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/encoder.h"
+#include "engine/onednn/engine_context.h"
 #include "engine/pooling.h"
 
 namespace maskserve::server {
@@ -14,9 +15,13 @@ absl::StatusOr<std::unique_ptr<EmbeddingRunner>> EmbeddingRunner::Create(
   std::unique_ptr<EmbeddingRunner> runner(new EmbeddingRunner());
   runner->model_ = std::move(model);
   const engine::LoadedModel* m = runner->model_.get();
+  const int threads = options.threads_per_worker;
   absl::StatusOr<std::unique_ptr<EmbedBatcher>> batcher = EmbedBatcher::Create(
-      options.batching,
-      [m](absl::Span<EmbedBatcher::Item* const> items) { return RunBatch(*m, items); });
+      options.batching, [m, threads](absl::Span<EmbedBatcher::Item* const> items) {
+        // A thread-local compare after the first batch of each worker.
+        if (threads > 0) engine::SetCallingThreadNumThreads(threads);
+        return RunBatch(*m, items);
+      });
   if (!batcher.ok()) return batcher.status();
   runner->batcher_ = std::move(*batcher);
   return runner;

@@ -37,6 +37,9 @@ using EmbedBatcher = DynamicBatcher<EmbedInput, EmbedOutput>;
 struct EmbeddingRunnerOptions {
   // Batching limits and metrics (model label, registry, clock, workers).
   DynamicBatcherOptions batching;
+  // OpenMP threads each batching worker computes with (0 = the process-wide
+  // engine count); batching.num_workers x this should fit the CPU budget.
+  int threads_per_worker = 0;
 };
 
 class EmbeddingRunner {

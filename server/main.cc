@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
 #include "absl/strings/str_cat.h"
 #include "server/config.h"
 #include "server/logging.h"
@@ -25,6 +27,13 @@ int main(int argc, char** argv) {
     execv("/proc/self/exe", argv);
     std::perror("maskserve: re-exec with OMP_WAIT_POLICY=PASSIVE failed; continuing");
   }
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  // A crash prints the signal and a symbolised stack trace to stderr (the
+  // log) before the default action; sanitizer builds keep their own reports.
+  absl::InitializeSymbolizer(argv[0]);
+  absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions());
+#endif
 
   // Block the shutdown signals in every thread (threads inherit the mask);
   // main waits for them synchronously below.

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/demo_model.h"
 #include "engine/onednn/engine_context.h"
+#include "server/engine_threads.h"
 #include "server/logging.h"
 #include "server/metrics/process_metrics.h"
 #include "server/services/embedding_service.h"
@@ -166,12 +167,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   }
   s->registry_->AddListener([self](const ModelSnapshot& snap) { self->OnModelStateChange(snap); });
 
-  // Engine threads: workers x intra-op threads never exceed the CPU budget.
-  const int workers = s->options_.workers > 0 ? s->options_.workers : 1;
-  const int intra = s->options_.intra_op_threads > 0
-                        ? s->options_.intra_op_threads
-                        : std::max(1, s->options_.cpu.usable_cores / workers);
-  engine::SetNumThreads(intra);
+  // Engine threads (server/engine_threads.h); the embedding workers set
+  // their own count on their first batch.
+  const EngineThreadPlan threads = PlanEngineThreads(
+      s->options_.workers, s->options_.intra_op_threads, s->options_.cpu.usable_cores);
+  engine::SetNumThreads(threads.engine_threads);
 
   WorkerPoolOptions po;
   po.num_threads = s->options_.cpu.usable_cores;

@@ -11,6 +11,8 @@ namespace {
 
 // 0 means "not decided yet": NumThreads() then adopts OpenMP's default.
 std::atomic<int> g_num_threads{0};
+// The calling thread's own count; 0 = follow g_num_threads.
+thread_local int t_own_threads = 0;
 
 }  // namespace
 
@@ -47,9 +49,14 @@ int NumThreads() {
   return g_num_threads.load(std::memory_order_relaxed);
 }
 
+void SetCallingThreadNumThreads(int n) {
+  t_own_threads = n < 0 ? 0 : n;
+  SyncThreadCount();
+}
+
 int SyncThreadCount() {
   thread_local int applied = 0;
-  const int n = NumThreads();
+  const int n = t_own_threads > 0 ? t_own_threads : NumThreads();
   if (applied != n) {
     omp_set_num_threads(n);
     applied = n;

@@ -54,8 +54,15 @@ void SetNumThreads(int n);
 // default at first use (OMP_NUM_THREADS or the number of CPUs).
 int NumThreads();
 
-// Applies NumThreads() to the calling thread's OpenMP setting if it differs
-// (a thread-local compare when nothing changed) and returns it.
+// Gives the calling thread its own count (n >= 1) in place of NumThreads();
+// 0 returns it to the process-wide count. For a pool of workers that splits
+// the CPU budget among themselves (the embedding batcher's W workers x n
+// threads) while another component's single thread uses the whole budget.
+void SetCallingThreadNumThreads(int n);
+
+// Applies the calling thread's count (its own, else NumThreads()) to its
+// OpenMP setting if it differs (a thread-local compare when nothing changed)
+// and returns it.
 int SyncThreadCount();
 
 // True when oneDNN will use AMX-BF16 tile kernels on this CPU (needs the CPU

@@ -273,14 +273,15 @@ void BatcherCore::WorkerLoop(int worker) {
     std::vector<Finished> finished;
     ExpireLocked(now, &finished);
     if (ReadyLocked(now)) {
-      Batch batch = FormBatchLocked(now);
       if (previous_tokens > 0 && now > previous_start) {
-        // Back to back: the whole cycle per token is what a busy worker does.
-        const double spt =
-            absl::ToDoubleSeconds(now - previous_start) / static_cast<double>(previous_tokens);
+        // Back to back: the whole cycle is what a busy worker really takes.
+        const double cycle = absl::ToDoubleSeconds(now - previous_start);
+        const double spt = cycle / static_cast<double>(previous_tokens);
         busy_seconds_per_token_ =
             busy_seconds_per_token_ == 0 ? spt : 0.8 * busy_seconds_per_token_ + 0.2 * spt;
+        batch_seconds_ = batch_seconds_ == 0 ? cycle : 0.8 * batch_seconds_ + 0.2 * cycle;
       }
+      Batch batch = FormBatchLocked(now);
       previous_start = now;
       previous_tokens = batch.tokens;
       lock.unlock();
@@ -327,13 +328,33 @@ BatcherCore::Batch BatcherCore::FormBatchLocked(absl::Time now) {
     candidates.push_back(it);
   }
   if (options_.length_grouping_window > 0) {
-    std::stable_sort(candidates.begin(), candidates.end(), [first_tokens](auto a, auto b) {
-      return std::llabs(a->item->tokens - first_tokens) <
-             std::llabs(b->item->tokens - first_tokens);
-    });
+    // Grouping lets younger items overtake older ones, so an item queued
+    // behind a run of similar lengths could wait many batches. Items that
+    // must start within about two batches to meet their deadline go first,
+    // earliest deadline first; the rest by nearness in length.
+    const absl::Time urgent_before = now + absl::Seconds(2 * batch_seconds_);
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [first_tokens, urgent_before](auto a, auto b) {
+                       const absl::Time da = a->request->deadline, db = b->request->deadline;
+                       const bool ua = da <= urgent_before, ub = db <= urgent_before;
+                       if (ua != ub) return ua;
+                       if (ua) return da < db;
+                       return std::llabs(a->item->tokens - first_tokens) <
+                              std::llabs(b->item->tokens - first_tokens);
+                     });
+  }
+  // With several workers, one batch takes at most its share of everything
+  // queued and running, so that batches running side by side are about the
+  // same size: one worker grabbing most of the queue would make its batch,
+  // and every request in it, the slow one.
+  int limit = options_.max_batch_size;
+  if (options_.num_workers > 1) {
+    const int64_t outstanding = static_cast<int64_t>(queue_.size()) + running_items_;
+    const int64_t share = (outstanding + options_.num_workers - 1) / options_.num_workers;
+    limit = static_cast<int>(std::clamp<int64_t>(share, 1, options_.max_batch_size));
   }
   for (auto it : candidates) {
-    if (static_cast<int>(taken.size()) >= options_.max_batch_size) break;
+    if (static_cast<int>(taken.size()) >= limit) break;
     if (batch.tokens + it->item->tokens > options_.max_batch_tokens) break;
     taken.push_back(it);
     batch.tokens += it->item->tokens;
@@ -346,6 +367,7 @@ BatcherCore::Batch BatcherCore::FormBatchLocked(absl::Time now) {
     --request.queued;
     queued_tokens_ -= it->item->tokens;
     running_tokens_ += it->item->tokens;
+    ++running_items_;
     batch.entries.push_back(std::move(*it));
     queue_.erase(it);
   }
@@ -388,10 +410,16 @@ void BatcherCore::RunBatch(Batch batch) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     running_tokens_ -= batch.tokens;
+    running_items_ -= static_cast<int64_t>(batch.entries.size());
     if (status.ok() && batch.tokens > 0) {
       const double spt = absl::ToDoubleSeconds(inference) / static_cast<double>(batch.tokens);
       seconds_per_token_ =
           seconds_per_token_ == 0 ? spt : 0.8 * seconds_per_token_ + 0.2 * spt;
+      // Until a worker has run back to back, a batch takes its engine time.
+      if (busy_seconds_per_token_ == 0) {
+        const double seconds = absl::ToDoubleSeconds(inference);
+        batch_seconds_ = batch_seconds_ == 0 ? seconds : 0.8 * batch_seconds_ + 0.2 * seconds;
+      }
     }
     for (const Queued& q : batch.entries) {
       CoreRequest& request = *q.request;

@@ -8,8 +8,11 @@
 // push it past max_batch_tokens real (unpadded) tokens, or when the oldest
 // queued item has waited max_queue_delay; a single item larger than
 // max_batch_tokens runs alone. A batch always starts with the oldest queued
-// item, so nothing starves, and is filled with the queued items closest to
-// it in length, so batches are uniform. Expired and cancelled requests leave
+// item, so nothing starves, and is filled first with queued items that must
+// start within about two batches to meet their deadline, then with those
+// closest to it in length, so batches are uniform. With several workers a
+// batch takes at most an even share (per worker) of the items queued and
+// running, so batches running side by side are about the same size. Expired and cancelled requests leave
 // the queue before they cost compute. Each model has its own batcher (queue
 // and threads), so one model's load never delays another's.
 //
@@ -212,12 +215,16 @@ class BatcherCore {
   // Guarded by mu_: pending items, oldest first.
   std::list<Queued> queue_;
   int64_t queued_tokens_ = 0;
-  // Tokens of the batches running now.
+  // Tokens and items of the batches running now.
   int64_t running_tokens_ = 0;
+  int64_t running_items_ = 0;
   // Moving averages of one worker's seconds per token: engine time alone, and
   // batch start to next batch start while busy (0 = not measured yet).
   double seconds_per_token_ = 0;
   double busy_seconds_per_token_ = 0;
+  // Moving average of one batch's cycle (engine time until measured back to
+  // back): how long a queued item that misses a batch waits for the next.
+  double batch_seconds_ = 0;
   // Earliest deadline among queued requests (may be stale-early after removals).
   absl::Time next_expiry_ = absl::InfiniteFuture();
   absl::flat_hash_map<uint64_t, std::shared_ptr<CoreRequest>> active_;

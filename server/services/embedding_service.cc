@@ -7,9 +7,11 @@
 #include "absl/time/clock.h"
 #include "engine/encoder.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "server/engine_threads.h"
 #include "server/logging.h"
 #include "server/services/proto_convert.h"
 #include "server/services/raw_codec.h"
+#include "server/services/reactor_lifetime.h"
 #include "server/services/request_validation.h"
 #include "server/services/service_util.h"
 #include "server/status_util.h"
@@ -56,7 +58,8 @@ void TruncateIds(std::vector<int32_t>* ids, int max_length, pb::TruncationSide s
 }
 
 // One Embed call: prepare on the pool, batch on the model's runner, finish
-// from the batcher's completion. Deletes itself when gRPC is done with it.
+// from the batcher's completion. Deleted when gRPC is done with it and the
+// pool task has returned (ReactorLifetime).
 class EmbedCall final : public grpc::ServerUnaryReactor {
  public:
   EmbedCall(EmbeddingService* service, grpc::CallbackServerContext* context,
@@ -66,11 +69,18 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
 
   void Start() {
     if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
+      life_.Release();
       Finish(ToGrpcStatus(s));
       return;
     }
-    absl::Status queued = service_->deps().pool->Submit([this] { Prepare(); });
-    if (!queued.ok()) Finish(ToGrpcStatus(queued));
+    absl::Status queued = service_->deps().pool->Submit([this] {
+      Prepare();
+      if (life_.Release()) delete this;
+    });
+    if (!queued.ok()) {
+      life_.Release();
+      Finish(ToGrpcStatus(queued));
+    }
   }
 
   void OnCancel() override {
@@ -86,7 +96,9 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
     runner->Cancel(handle);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (life_.Release()) delete this;
+  }
 
  private:
   void Prepare() {
@@ -160,6 +172,7 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
   pb::EmbedRequest request_;
   pb::EmbedResponse response_;
   const absl::Time start_;
+  ReactorLifetime life_;
   PreparedEmbed prepared_;
   std::mutex mu_;
   bool cancelled_ = false;
@@ -187,7 +200,10 @@ absl::StatusOr<EmbeddingRunner*> EmbeddingService::RunnerFor(
   ro.batching.max_queue_delay = absl::Microseconds(o.max_queue_delay_us);
   ro.batching.max_queue_size = o.max_queue_size;
   ro.batching.shed_on_deadline = o.shed_on_deadline;
-  ro.batching.num_workers = o.workers > 0 ? o.workers : 1;
+  const EngineThreadPlan threads =
+      PlanEngineThreads(o.workers, o.intra_op_threads, o.cpu.usable_cores);
+  ro.batching.num_workers = threads.embed_workers;
+  ro.threads_per_worker = threads.embed_threads;
   ro.batching.model = name;
   ro.batching.registry = deps_.metrics;
   absl::StatusOr<std::unique_ptr<EmbeddingRunner>> runner =

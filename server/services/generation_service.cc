@@ -19,6 +19,7 @@
 #include "server/services/embedding_service.h"
 #include "server/services/proto_convert.h"
 #include "server/services/raw_codec.h"
+#include "server/services/reactor_lifetime.h"
 #include "server/services/service_util.h"
 #include "server/status_util.h"
 
@@ -102,18 +103,6 @@ void FillUsage(const GenerationResult& r, pb::Usage* u) {
   u->set_completion_tokens(r.completion_tokens);
   u->set_total_tokens(r.prompt_tokens + r.completion_tokens);
 }
-
-// Reactors are deleted when gRPC is done with them (OnDone) AND the pool task
-// that prepared them has returned, whichever comes last: a batcher callback
-// can finish the call while Prepare is still unwinding.
-class SharedLifetime {
- public:
-  // Returns true for the caller that must delete the reactor.
-  bool Release() { return refs_.fetch_sub(1) == 1; }
-
- private:
-  std::atomic<int> refs_{2};
-};
 
 // ---------------------------------------------------------------- Generate
 
@@ -214,7 +203,7 @@ class GenerateCall final : public grpc::ServerUnaryReactor {
   const grpc::ByteBuffer* raw_request_;
   grpc::ByteBuffer* raw_response_;
   const absl::Time start_;
-  SharedLifetime life_;
+  ReactorLifetime life_;
   pb::GenerateRequest request_;
   pb::GenerateResponse response_;
   int64_t tokenization_us_ = 0;
@@ -430,7 +419,7 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<grpc::ByteBuffe
   grpc::CallbackServerContext* context_;
   const grpc::ByteBuffer* raw_request_;
   const absl::Time start_;
-  SharedLifetime life_;
+  ReactorLifetime life_;
   int64_t tokenization_us_ = 0;
   absl::Duration before_submit_;
   std::mutex mu_;
@@ -615,8 +604,17 @@ class ParaphraseCall final : public grpc::ServerUnaryReactor {
       return;
     }
     gen_ = std::move(*result);
-    absl::Status queued = service_->deps().pool->Submit([this] { Embed(); });
-    if (!queued.ok()) Finish(ToGrpcStatus(queued));
+    // Embed submits to the embedding batcher, whose completion may finish
+    // the call before Embed has returned.
+    life_.Acquire();
+    absl::Status queued = service_->deps().pool->Submit([this] {
+      Embed();
+      if (life_.Release()) delete this;
+    });
+    if (!queued.ok()) {
+      life_.Release();  // OnDone still holds it
+      Finish(ToGrpcStatus(queued));
+    }
   }
 
   void Embed() {
@@ -717,7 +715,7 @@ class ParaphraseCall final : public grpc::ServerUnaryReactor {
   const grpc::ByteBuffer* raw_request_;
   grpc::ByteBuffer* raw_response_;
   const absl::Time start_;
-  SharedLifetime life_;
+  ReactorLifetime life_;
   pb::ParaphraseRequest request_;
   pb::ParaphraseResponse response_;
   std::shared_ptr<const engine::LoadedModel> model_;

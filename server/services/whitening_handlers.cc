@@ -14,6 +14,7 @@
 #include "server/services/embedding_service.h"
 #include "server/services/proto_convert.h"
 #include "server/services/raw_codec.h"
+#include "server/services/reactor_lifetime.h"
 #include "server/services/request_validation.h"
 #include "server/services/service_util.h"
 #include "server/status_util.h"
@@ -42,8 +43,15 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> 
   void OnReadDone(bool ok) override {
     if (!ok) {
       // The client closed its side: fit and store on the pool (fsync).
-      absl::Status queued = service_->deps().pool->Submit([this] { FinishFit(); });
-      if (!queued.ok()) Fail(queued);
+      life_.Acquire();
+      absl::Status queued = service_->deps().pool->Submit([this] {
+        FinishFit();
+        if (life_.Release()) delete this;
+      });
+      if (!queued.ok()) {
+        life_.Release();  // OnDone still holds it
+        Fail(queued);
+      }
       return;
     }
     absl::Status s = ConsumeMessage();
@@ -63,7 +71,9 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> 
     runner->Cancel(handle);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (life_.Release()) delete this;
+  }
 
  private:
   absl::Status Configure() {
@@ -159,10 +169,16 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> 
     texts_seen_ += message_.texts_size();
     std::lock_guard<std::mutex> lock(mu_);
     if (cancelled_) return absl::CancelledError("the client cancelled the call");
+    life_.Acquire();  // the completion below lets go
     absl::StatusOr<RequestHandle> handle = runner_->Submit(
-        std::move(inputs), absl::InfiniteFuture(),
-        [this](EmbedBatcher::Result result) { OnEmbedded(std::move(result)); });
-    if (!handle.ok()) return handle.status();
+        std::move(inputs), absl::InfiniteFuture(), [this](EmbedBatcher::Result result) {
+          OnEmbedded(std::move(result));
+          if (life_.Release()) delete this;
+        });
+    if (!handle.ok()) {
+      life_.Release();  // OnDone still holds it
+      return handle.status();
+    }
     handle_ = *handle;
     in_flight_ = true;
     return absl::OkStatus();
@@ -233,6 +249,8 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> 
   EmbeddingService* service_;
   grpc::CallbackServerContext* context_;
   grpc::ByteBuffer* raw_response_;
+  // OnDone, the embedding batch in flight and the fit on the pool.
+  ReactorLifetime life_{1};
   grpc::ByteBuffer raw_message_;
   pb::FitWhiteningRequest message_;
   int64_t messages_seen_ = 0;

@@ -333,6 +333,21 @@ TEST(EngineContextTest, ReportsIsaAndThreads) {
   EXPECT_EQ(NumThreads(), 1);
   SetNumThreads(before);
   EXPECT_EQ(NumThreads(), before);
+  // A thread's own count wins over the process-wide one, on that thread only.
+  SetNumThreads(3);
+  int other_thread = 0;
+  std::thread worker([&] {
+    SetCallingThreadNumThreads(1);
+    other_thread = SyncThreadCount();
+  });
+  worker.join();
+  EXPECT_EQ(other_thread, 1);
+  EXPECT_EQ(SyncThreadCount(), 3);
+  SetCallingThreadNumThreads(2);
+  EXPECT_EQ(SyncThreadCount(), 2);
+  SetCallingThreadNumThreads(0);  // back to the process-wide count
+  EXPECT_EQ(SyncThreadCount(), 3);
+  SetNumThreads(before);
   // AMX implies AVX512-BF16 on every CPU that has it.
   if (CpuHasAmxBf16()) {
     EXPECT_TRUE(CpuHasAvx512Bf16());

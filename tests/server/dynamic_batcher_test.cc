@@ -449,6 +449,79 @@ TEST(DynamicBatcherTest, AFloodOfSimilarRequestsDoesNotStarveAnOlderOne) {
   for (auto& f : flood) ASSERT_TRUE(f->Wait().ok());
 }
 
+TEST(DynamicBatcherTest, LengthGroupingDoesNotMakeAnItemMissItsDeadline) {
+  FakeClock clock;
+  Recorder rec;
+  DynamicBatcherOptions o = FakeOptions(&clock);
+  o.max_batch_size = 2;
+  Latch entered, release;
+  std::atomic<int> batches{0};
+  // Declared before the batcher: its shutdown may still complete them.
+  BatchOutcome warm, blocker, queued, urgent;
+  auto b = MakeBatcher(o, rec.Fn([&](absl::Span<Batcher::Item* const>) {
+    if (batches.fetch_add(1) == 1) {
+      entered.Notify();
+      release.Wait();
+    }
+    clock.Advance(absl::Milliseconds(100));  // every batch takes 100 ms
+  }));
+  ASSERT_TRUE(b->Submit(Inputs({{1, 10}, {2, 10}}), absl::InfiniteFuture(), warm.Fn()).ok());
+  ASSERT_TRUE(warm.Wait().ok());
+  ASSERT_TRUE(b->Submit(Inputs({{3, 10}, {4, 10}}), absl::InfiniteFuture(), blocker.Fn()).ok());
+  entered.Wait();
+  // Queued behind the running batch: three short items, then a long one
+  // that must start within 250 ms, then more short ones. Grouping by length
+  // alone would run {5,6} at +100 ms and {7,9} at +200 ms, and the long item
+  // would expire at +250 ms; as it must start within two batches, it joins
+  // the next batch.
+  ASSERT_TRUE(b->Submit(Inputs({{5, 10}, {6, 10}, {7, 10}}), absl::InfiniteFuture(),
+                        queued.Fn())
+                  .ok());
+  ASSERT_TRUE(b->Submit(Inputs({{8, 50}}), clock.Now() + absl::Milliseconds(250), urgent.Fn()).ok());
+  std::vector<BatchOutcome> rest(2);
+  ASSERT_TRUE(b->Submit(Inputs({{9, 10}}), absl::InfiniteFuture(), rest[0].Fn()).ok());
+  ASSERT_TRUE(b->Submit(Inputs({{10, 10}}), absl::InfiniteFuture(), rest[1].Fn()).ok());
+  release.Notify();
+  EXPECT_TRUE(urgent.Wait().ok()) << urgent.Wait().status();
+  EXPECT_TRUE(queued.Wait().ok());
+  for (BatchOutcome& r : rest) EXPECT_TRUE(r.Wait().ok());
+  std::vector<std::vector<Seen>> seen = rec.batches();
+  ASSERT_GE(seen.size(), 3u);
+  EXPECT_EQ(seen[2], (std::vector<Seen>{{5, 10}, {8, 50}}));
+}
+
+TEST(DynamicBatcherTest, WorkersSideBySideTakeEvenShares) {
+  FakeClock clock;
+  Recorder rec;
+  DynamicBatcherOptions o = FakeOptions(&clock);
+  o.max_batch_size = 8;
+  o.max_queue_delay = absl::ZeroDuration();
+  o.num_workers = 2;
+  Latch entered, release;
+  // Declared before the batcher: its shutdown may still complete them.
+  BatchOutcome blocker, seven;
+  auto b = MakeBatcher(o, rec.Fn([&](absl::Span<Batcher::Item* const> items) {
+    if (items[0]->input.id == -1) {
+      entered.Notify();
+      release.Wait();
+    }
+  }));
+  // One worker is busy with one item; seven arrive at once. The free worker
+  // takes its share of the eight outstanding, four, not all seven.
+  ASSERT_TRUE(b->Submit(Inputs({{-1, 10}}), absl::InfiniteFuture(), blocker.Fn()).ok());
+  entered.Wait();
+  ASSERT_TRUE(b->Submit(Inputs({{1, 10}, {2, 10}, {3, 10}, {4, 10}, {5, 10}, {6, 10}, {7, 10}}),
+                        absl::InfiniteFuture(), seven.Fn())
+                  .ok());
+  // The second batch (4 items) runs while the blocker still holds the other
+  // worker; then the rest.
+  while (rec.batches().size() < 2) std::this_thread::yield();
+  EXPECT_EQ(rec.batches()[1].size(), 4u);
+  release.Notify();
+  ASSERT_TRUE(seven.Wait().ok());
+  ASSERT_TRUE(blocker.Wait().ok());
+}
+
 TEST(DynamicBatcherTest, OneModelsLoadDoesNotBlockAnother) {
   FakeClock clock;
   Recorder rec_a, rec_b;
