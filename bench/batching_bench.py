@@ -17,7 +17,7 @@ where the batch compute time is the server's own `timing.inference_us` of each
 response (the compute of the batch the request ran in).
 
   /usr/bin/python3 bench/batching_bench.py [--build build/release] [--passes 2]
-      [--duration 15] [--delay_us 2000] [--json out.jsonl]
+      [--duration 15] [--delay_us 2000] [--server_args '--workers=2'] [--json out.jsonl]
 Never run by the tests.
 """
 import argparse
@@ -69,7 +69,7 @@ def run_one(build, model, max_batch_size, args, sentences):
         [os.path.join(build, "server", "maskserve"), "--bind=127.0.0.1", f"--port={port}",
          f"--metrics_port={mport}", f"--data_dir={data}", f"--model=minilm={model}",
          f"--max_batch_size={max_batch_size}", f"--max_queue_delay_us={args.delay_us}",
-         "--log_level=warn"],
+         "--log_level=warn", *args.server_args.split()],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         cli = os.path.join(build, "client", "maskserve-cli")
@@ -102,6 +102,8 @@ def main():
     ap.add_argument("--duration", type=float, default=15)
     ap.add_argument("--delay_us", type=int, default=2000)
     ap.add_argument("--json", default="")
+    ap.add_argument("--server_args", default="",
+                    help="more maskserve flags for both runs, e.g. '--workers=2 --intra_op_threads=1'")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     model = prepare_model(args.build, args.shared, args.work)

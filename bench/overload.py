@@ -37,11 +37,15 @@ SOURCE = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from soak import Server, finish_report  # noqa: E402
 
+# Sentences per Embed request. Big enough that the offered rate (4x capacity)
+# is one the client, on the same cores, can send without lagging.
+BATCH = 16
+
 
 def bench(build, port, *args, timeout):
     import subprocess
     r = subprocess.run([os.path.join(build, "client", "maskserve-bench"),
-                        f"--target=127.0.0.1:{port}", "--workload=embed", "--batch=4",
+                        f"--target=127.0.0.1:{port}", "--workload=embed", f"--batch={BATCH}",
                         "--json", *args], capture_output=True, text=True, timeout=timeout)
     if not r.stdout.strip():
         raise RuntimeError(f"maskserve-bench failed ({r.returncode}): {r.stderr}")
@@ -54,14 +58,26 @@ def overload_run(build, server_args, rate, duration, deadline_ms, workers):
     try:
         srv.wait_ready()
         # A short warm-up so the batcher has measured its speed.
-        bench(build, srv.port, "--mode=closed", "--concurrency=8", "--warmup_s=0",
-              "--duration_s=2", timeout=120)
-        return bench(build, srv.port, "--mode=open", f"--rate={rate}",
-                     f"--concurrency={workers}", f"--deadline_ms={deadline_ms}",
-                     "--warmup_s=1", f"--duration_s={duration}", timeout=duration + 300)
+        warm = bench(build, srv.port, "--mode=closed", "--concurrency=8", "--warmup_s=0",
+                     "--duration_s=2", timeout=120)
+        r = bench(build, srv.port, "--mode=open", f"--rate={rate}",
+                  f"--concurrency={workers}", f"--deadline_ms={deadline_ms}",
+                  "--warmup_s=1", f"--duration_s={duration}", timeout=duration + 300)
+        r["warmup_errors"] = {code: f"{n} x {warm.get('first_error', {}).get(code, '')}"
+                              for code, n in warm.get("errors", {}).items()}
     finally:
-        srv.stop()
+        exited, log = srv.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+    # What the server said is kept only when something went wrong: it is the
+    # one place a crash or a refused connection shows.
+    r["server_exited"] = exited
+    unexpected = {k: v for k, v in r.get("errors", {}).items() if k != "RESOURCE_EXHAUSTED"}
+    if exited is not None or unexpected or r["warmup_errors"]:
+        # Without the per-call lines of calls that went as intended.
+        lines = [line for line in log.splitlines()
+                 if "code=OK " not in line and "code=RESOURCE_EXHAUSTED " not in line]
+        r["server_log_tail"] = "\n".join(lines[-40:])
+    return r
 
 
 def run(build, factor, duration, capacity_s, deadline_ms, concurrency, workers, max_shed_ms,
@@ -92,10 +108,14 @@ def run(build, factor, duration, capacity_s, deadline_ms, concurrency, workers, 
         report[name] = {
             "requests": total, "ok": r["ok"], "accepted_per_s": round(r["requests_per_s"], 1),
             "shed": shed, "shed_share": round(shed / total, 3) if total else None,
-            "other_errors": other, "accepted_latency_ms": r["latency_ms"],
+            "other_errors": other, "first_error": r.get("first_error", {}),
+            "accepted_latency_ms": r["latency_ms"],
             "shed_latency_ms": r.get("rejected_latency_ms"),
             "max_send_lag_ms": r.get("max_send_lag_ms"),
+            "warmup_errors": r["warmup_errors"], "server_exited": r["server_exited"],
         }
+        if "server_log_tail" in r:
+            report[name]["server_log_tail"] = r["server_log_tail"]
     main_run = report["shed_on_deadline"]
     problems = []
     if main_run["accepted_latency_ms"]["p99"] > deadline_ms:
@@ -109,6 +129,10 @@ def run(build, factor, duration, capacity_s, deadline_ms, concurrency, workers, 
     if (main_run["max_send_lag_ms"] or 0) > deadline_ms / 4:
         problems.append(f"the client lagged its schedule by {main_run['max_send_lag_ms']:.0f} ms: "
                         "more --workers (rate x deadline), or a less loaded machine")
+    if main_run["server_exited"] is not None:
+        problems.append(f"maskserve exited during the run ({main_run['server_exited']})")
+    if main_run["warmup_errors"]:
+        problems.append(f"the warm-up had errors: {main_run['warmup_errors']}")
     other = sum(main_run["other_errors"].values())
     if other > 0.01 * max(1, main_run["requests"]):
         problems.append(f"{other} requests ended otherwise: {main_run['other_errors']}")

@@ -103,13 +103,18 @@ class Server:
         raise RuntimeError("maskserve not ready")
 
     def stop(self):
-        if self.proc.poll() is None:
+        """Stops the server; returns (exit code before SIGTERM or None, log text)."""
+        exited_early = self.proc.poll()
+        if exited_early is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
         self.log.close()
+        with open(self.log_path) as f:
+            return exited_early, f.read()
 
 
 def run(build, duration, warmup, concurrency, max_new_tokens, max_slope, max_growth,
@@ -152,8 +157,7 @@ def run(build, duration, warmup, concurrency, max_new_tokens, max_slope, max_gro
         rss_after = rss_mib(srv.proc.pid)
     finally:
         stop.set()
-        srv.stop()
-        log = open(srv.log_path).read()
+        exited, log = srv.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
     steady = [(t, v) for t, v in samples if t >= warmup]
@@ -166,6 +170,7 @@ def run(build, duration, warmup, concurrency, max_new_tokens, max_slope, max_gro
         "duration_s": duration, "warmup_s": warmup, "concurrency": concurrency,
         "requests": result["requests"], "ok": result["ok"], "by_kind": result.get("by_kind"),
         "cancelled_by_client": result.get("cancelled"), "errors": errors,
+        "first_error": result.get("first_error"),
         "wrong": result.get("wrong"), "wrong_examples": result.get("wrong_examples"),
         "requests_per_s": result["requests_per_s"], "latency_ms": result["latency_ms"],
         "rss_mib_start": round(start_rss, 1), "rss_mib_end": round(end_rss, 1),
@@ -189,6 +194,8 @@ def run(build, duration, warmup, concurrency, max_new_tokens, max_slope, max_gro
         problems.append(f"{inflight} calls still in flight after the load stopped")
     if "AddressSanitizer" in log or "runtime error" in log:
         problems.append("sanitizer report in the server log")
+    if exited is not None:
+        problems.append(f"maskserve exited during the run ({exited}): {log[-2000:]}")
     return finish_report(report, problems, out)
 
 

@@ -14,6 +14,7 @@ void LatencyStats::Merge(const LatencyStats& other) {
   server_inference_ms.insert(server_inference_ms.end(), other.server_inference_ms.begin(),
                              other.server_inference_ms.end());
   for (const auto& [code, n] : other.errors) errors[code] += n;
+  for (const auto& [code, message] : other.first_error) first_error.emplace(code, message);
   rejected_latency_ms.insert(rejected_latency_ms.end(), other.rejected_latency_ms.begin(),
                              other.rejected_latency_ms.end());
   for (const auto& [kind, n] : other.by_kind) by_kind[kind] += n;

@@ -24,6 +24,9 @@ struct LatencyStats {
   std::vector<double> server_inference_ms;
   // Failed measured requests by status code.
   std::map<absl::StatusCode, int64_t> errors;
+  // The first message seen for each failing status code: what a count alone
+  // cannot say (which limit refused, why a connection failed).
+  std::map<absl::StatusCode, std::string> first_error;
   // Latency of measured requests refused with RESOURCE_EXHAUSTED (load
   // shedding: how fast the server says no), milliseconds.
   std::vector<double> rejected_latency_ms;

@@ -123,6 +123,7 @@ struct Run {
     ++stats->by_kind[RequestKindName(out.kind)];
     if (!out.status.ok()) {
       ++stats->errors[out.status.code()];
+      stats->first_error.emplace(out.status.code(), std::string(out.status.message()));
       if (absl::IsResourceExhausted(out.status)) {
         stats->rejected_latency_ms.push_back(Ms(done - origin));
       }
@@ -338,6 +339,11 @@ int Main(int argc, char** argv) {
     nlohmann::json errors = nlohmann::json::object();
     for (const auto& [code, n] : stats.errors) errors[absl::StatusCodeToString(code)] = n;
     j["errors"] = errors;
+    nlohmann::json first_error = nlohmann::json::object();
+    for (const auto& [code, message] : stats.first_error) {
+      first_error[absl::StatusCodeToString(code)] = message;
+    }
+    j["first_error"] = first_error;
     j["requests_per_s"] = stats.ok / elapsed_s;
     j["inputs_per_s"] = stats.inputs / elapsed_s;
     if (generates) j["tokens_per_s"] = stats.tokens / elapsed_s;
@@ -371,6 +377,10 @@ int Main(int argc, char** argv) {
                 static_cast<long long>(measured), elapsed_s, static_cast<long long>(stats.ok),
                 static_cast<long long>(stats.total_errors()),
                 errors.empty() ? "" : absl::StrCat(" (", errors, ")").c_str());
+    for (const auto& [code, message] : stats.first_error) {
+      std::printf("            first %s: %s\n", absl::StatusCodeToString(code).c_str(),
+                  message.c_str());
+    }
     std::printf("throughput: %.2f requests/s, %.2f inputs/s", stats.ok / elapsed_s,
                 stats.inputs / elapsed_s);
     if (generates) std::printf(", %.1f tokens/s", stats.tokens / elapsed_s);

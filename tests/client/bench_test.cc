@@ -73,13 +73,15 @@ TEST_F(BenchTest, OpenLoopStreamStopsAtDuration) {
   EXPECT_TRUE(j.contains("ttft_ms"));
 }
 
-TEST_F(BenchTest, ErrorsAreCountedByCode) {
+TEST_F(BenchTest, ErrorsAreCountedByCodeWithTheFirstMessage) {
   // The fake serves no model "missing": every Embed is NOT_FOUND.
   const auto j = RunJson({"--mode=closed", "--concurrency=1", "--model=missing",
                           "--warmup_s=0", "--duration_s=5", "--requests=5"},
                          /*expect_exit=*/1);
   EXPECT_EQ(j.value("ok", -1), 0);
   EXPECT_EQ(j["errors"].value("NOT_FOUND", 0), 5);
+  // And the first message of each code says why.
+  EXPECT_EQ(j["first_error"].value("NOT_FOUND", ""), "no model");
 }
 
 }  // namespace
