@@ -3,7 +3,7 @@
 stays within its deadline.
 
 Starts maskserve on the demo model (default flags: --shed_on_deadline on),
-then, with `maskserve-bench --workload=embed --batch=4`:
+then, with `maskserve-bench --workload=embed --batch=16` (--batch):
   1. capacity: a closed loop at --concurrency until throughput settles
      (requests/s C);
   2. overload: an open loop (Poisson arrivals) at --factor x C requests/s,
@@ -21,7 +21,7 @@ Pass criteria (exit 0, else 1), for the default server:
     DEADLINE_EXCEEDED after queueing).
 
   /usr/bin/python3 bench/overload.py [--build build/release] [--factor 4]
-      [--duration 30] [--deadline_ms 500] [--compare] [--json out.json]
+      [--duration 30] [--deadline_ms 500] [--batch 16] [--compare] [--json out.json]
 The full run is a benchmark (numbers in bench/README.md); the tests run a
 short smoke of it (tests/integration/test_soak_overload_smoke.py).
 """
@@ -37,30 +37,30 @@ SOURCE = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from soak import Server, finish_report  # noqa: E402
 
-# Sentences per Embed request. Big enough that the offered rate (4x capacity)
-# is one the client, on the same cores, can send without lagging.
+# Sentences per Embed request (--batch). Big enough that the offered rate
+# (4x capacity) is one the client, on the same cores, can send without lagging.
 BATCH = 16
 
 
-def bench(build, port, *args, timeout):
+def bench(build, port, batch, *args, timeout):
     import subprocess
     r = subprocess.run([os.path.join(build, "client", "maskserve-bench"),
-                        f"--target=127.0.0.1:{port}", "--workload=embed", f"--batch={BATCH}",
+                        f"--target=127.0.0.1:{port}", "--workload=embed", f"--batch={batch}",
                         "--json", *args], capture_output=True, text=True, timeout=timeout)
     if not r.stdout.strip():
         raise RuntimeError(f"maskserve-bench failed ({r.returncode}): {r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def overload_run(build, server_args, rate, duration, deadline_ms, workers):
+def overload_run(build, server_args, rate, duration, deadline_ms, workers, batch):
     data_dir = tempfile.mkdtemp(prefix="maskserve-overload-")
     srv = Server(build, server_args, data_dir)
     try:
         srv.wait_ready()
         # A short warm-up so the batcher has measured its speed.
-        warm = bench(build, srv.port, "--mode=closed", "--concurrency=8", "--warmup_s=0",
+        warm = bench(build, srv.port, batch, "--mode=closed", "--concurrency=8", "--warmup_s=0",
                      "--duration_s=2", timeout=120)
-        r = bench(build, srv.port, "--mode=open", f"--rate={rate}",
+        r = bench(build, srv.port, batch, "--mode=open", f"--rate={rate}",
                   f"--concurrency={workers}", f"--deadline_ms={deadline_ms}",
                   "--warmup_s=1", f"--duration_s={duration}", timeout=duration + 300)
         r["warmup_errors"] = {code: f"{n} x {warm.get('first_error', {}).get(code, '')}"
@@ -81,25 +81,27 @@ def overload_run(build, server_args, rate, duration, deadline_ms, workers):
 
 
 def run(build, factor, duration, capacity_s, deadline_ms, concurrency, workers, max_shed_ms,
-        compare=False, out=sys.stdout):
+        compare=False, out=sys.stdout, batch=BATCH):
     data_dir = tempfile.mkdtemp(prefix="maskserve-overload-")
     srv = Server(build, [], data_dir)
     try:
         srv.wait_ready()
-        cap = bench(build, srv.port, "--mode=closed", f"--concurrency={concurrency}",
+        cap = bench(build, srv.port, batch, "--mode=closed", f"--concurrency={concurrency}",
                     "--warmup_s=2", f"--duration_s={capacity_s}", timeout=capacity_s + 300)
     finally:
         srv.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     capacity = cap["requests_per_s"]
     rate = factor * capacity
-    runs = {"shed_on_deadline": overload_run(build, [], rate, duration, deadline_ms, workers)}
+    runs = {"shed_on_deadline": overload_run(build, [], rate, duration, deadline_ms, workers,
+                                             batch)}
     if compare:
         runs["queue_size_only"] = overload_run(build, ["--shed_on_deadline=false"], rate,
-                                               duration, deadline_ms, workers)
+                                               duration, deadline_ms, workers, batch)
     report = {"capacity_requests_per_s": round(capacity, 1),
               "capacity_latency_ms": cap["latency_ms"], "factor": factor,
-              "offered_requests_per_s": round(rate, 1), "deadline_ms": deadline_ms}
+              "offered_requests_per_s": round(rate, 1), "deadline_ms": deadline_ms,
+              "sentences_per_request": batch}
     for name, r in runs.items():
         total = r["requests"]
         errors = r.get("errors", {})
@@ -146,6 +148,7 @@ def main():
     ap.add_argument("--duration", type=float, default=30)
     ap.add_argument("--capacity_s", type=float, default=10)
     ap.add_argument("--deadline_ms", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=BATCH, help="sentences per Embed request")
     ap.add_argument("--concurrency", type=int, default=16, help="closed loop of step 1")
     ap.add_argument("--workers", type=int, default=512,
                     help="open-loop client threads (>= accepted rate x deadline)")
@@ -156,7 +159,7 @@ def main():
     a = ap.parse_args()
     max_shed = a.max_shed_ms if a.max_shed_ms is not None else a.deadline_ms / 4
     report = run(a.build, a.factor, a.duration, a.capacity_s, a.deadline_ms, a.concurrency,
-                 a.workers, max_shed, a.compare)
+                 a.workers, max_shed, a.compare, batch=a.batch)
     if a.json:
         with open(a.json, "a") as f:
             f.write(json.dumps(report) + "\n")

@@ -53,6 +53,10 @@ class EmbeddingRunner {
   absl::StatusOr<RequestHandle> Submit(std::vector<EmbedInput> inputs, absl::Time deadline,
                                        EmbedBatcher::DoneFn on_done);
   bool Cancel(RequestHandle handle) { return batcher_->Cancel(handle); }
+  // DynamicBatcher::CheckAdmission: a refusal Submit would give anyway.
+  absl::Status CheckAdmission(absl::Time deadline) const {
+    return batcher_->CheckAdmission(deadline);
+  }
   void Shutdown() { batcher_->Shutdown(); }
 
   // Runs one packed batch (the batcher's BatchFn; public for tests).

@@ -146,22 +146,43 @@ absl::StatusOr<RequestHandle> BatcherCore::Submit(std::shared_ptr<CoreRequest> r
     tokens += item.tokens;
   }
   std::unique_lock<std::mutex> lock(mu_);
-  if (stopping_) {
-    return absl::UnavailableError(
-        absl::StrCat("model ", options_.model, " is shutting down; retry on another replica"));
-  }
   const absl::Time now = clock_->Now();
-  if (deadline <= now) {
-    if (metrics_) metrics_->rejected_deadline->Inc();
-    return absl::DeadlineExceededError("the request's deadline passed before it was queued");
-  }
-  const int64_t pending = static_cast<int64_t>(queue_.size());
   if (n > options_.max_queue_size) {
     if (metrics_) metrics_->rejected_queue_full->Inc();
     return absl::ResourceExhaustedError(absl::StrCat(
         "the request has ", n, " inputs but model ", options_.model, "'s batching queue holds at most ",
         options_.max_queue_size, " (max_queue_size); split it into smaller requests"));
   }
+  if (absl::Status s = AdmitLocked(now, n, tokens, deadline); !s.ok()) return s;
+  request->id = next_id_++;
+  request->enqueue_time = now;
+  request->deadline = deadline;
+  request->remaining = static_cast<size_t>(n);
+  request->queued = static_cast<size_t>(n);
+  for (CoreItem& item : request->items) queue_.push_back(Queued{request, &item});
+  queued_tokens_ += tokens;
+  next_expiry_ = std::min(next_expiry_, deadline);
+  active_[request->id] = request;
+  ChangedLocked();
+  return RequestHandle{request->id};
+}
+
+absl::Status BatcherCore::CheckAdmission(absl::Time deadline) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return AdmitLocked(clock_->Now(), 1, 0, deadline);
+}
+
+absl::Status BatcherCore::AdmitLocked(absl::Time now, int64_t n, int64_t tokens,
+                                      absl::Time deadline) const {
+  if (stopping_) {
+    return absl::UnavailableError(
+        absl::StrCat("model ", options_.model, " is shutting down; retry on another replica"));
+  }
+  if (deadline <= now) {
+    if (metrics_) metrics_->rejected_deadline->Inc();
+    return absl::DeadlineExceededError("the request's deadline passed before it was queued");
+  }
+  const int64_t pending = static_cast<int64_t>(queue_.size());
   // Time for the workers to get through what is queued and running now.
   const double spt = busy_seconds_per_token_ > 0 ? busy_seconds_per_token_ : seconds_per_token_;
   const absl::Duration drain = absl::Seconds(
@@ -190,17 +211,7 @@ absl::StatusOr<RequestHandle> BatcherCore::Submit(std::shared_ptr<CoreRequest> r
           std::max(drain, absl::Milliseconds(10)));
     }
   }
-  request->id = next_id_++;
-  request->enqueue_time = now;
-  request->deadline = deadline;
-  request->remaining = static_cast<size_t>(n);
-  request->queued = static_cast<size_t>(n);
-  for (CoreItem& item : request->items) queue_.push_back(Queued{request, &item});
-  queued_tokens_ += tokens;
-  next_expiry_ = std::min(next_expiry_, deadline);
-  active_[request->id] = request;
-  ChangedLocked();
-  return RequestHandle{request->id};
+  return absl::OkStatus();
 }
 
 bool BatcherCore::Cancel(RequestHandle handle) {

@@ -163,6 +163,7 @@ class BatcherCore {
   BatcherCore& operator=(const BatcherCore&) = delete;
 
   absl::StatusOr<RequestHandle> Submit(std::shared_ptr<CoreRequest> request, absl::Time deadline);
+  absl::Status CheckAdmission(absl::Time deadline) const;
   bool Cancel(RequestHandle handle);
   void Shutdown();
   int64_t pending_items() const;
@@ -191,6 +192,9 @@ class BatcherCore {
 
   BatcherCore(const DynamicBatcherOptions& options, CoreBatchFn fn);
   void WorkerLoop(int worker);
+  // Submit's refusals: shutting down, deadline passed, queue full, and with
+  // shed_on_deadline the work ahead plus `tokens` outlasting the deadline.
+  absl::Status AdmitLocked(absl::Time now, int64_t n, int64_t tokens, absl::Time deadline) const;
   bool ReadyLocked(absl::Time now) const;
   Batch FormBatchLocked(absl::Time now);
   void RunBatch(Batch batch);
@@ -270,6 +274,13 @@ class DynamicBatcher {
   // An item still queued at `deadline` fails the request with DEADLINE_EXCEEDED.
   absl::StatusOr<RequestHandle> Submit(std::vector<BatchInput<Input>> inputs, absl::Time deadline,
                                        DoneFn on_done);
+
+  // What Submit would refuse now for one input of unknown length (shutting
+  // down, queue full, or with shed_on_deadline the work already queued and
+  // running outlasting `deadline`), with the same status and metrics; OK
+  // does not promise Submit will accept. Lets a caller refuse before it has
+  // tokenised the request, so refusing stays cheap under overload.
+  absl::Status CheckAdmission(absl::Time deadline) const { return core_->CheckAdmission(deadline); }
 
   // Fails the request with CANCELLED and drops its queued items; items already
   // running finish but their results are discarded. False when the request

@@ -106,6 +106,11 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
       Finish(ToGrpcStatus(s));
       return;
     }
+    // Under overload most calls are refused: refuse before tokenising.
+    if (absl::Status s = service_->RefuseEarly(request_.model(), DeadlineOf(*context_)); !s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
     absl::StatusOr<PreparedEmbed> prepared = service_->PrepareEmbed(request_);
     if (!prepared.ok()) {
       Finish(ToGrpcStatus(prepared.status()));
@@ -186,6 +191,17 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
 EmbeddingService::~EmbeddingService() {
   std::lock_guard<std::mutex> lock(runners_mu_);
   for (auto& [name, runner] : runners_) runner->Shutdown();
+}
+
+absl::Status EmbeddingService::RefuseEarly(const std::string& model, absl::Time deadline) {
+  EmbeddingRunner* runner = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(runners_mu_);
+    auto it = runners_.find(model);
+    if (it == runners_.end()) return absl::OkStatus();
+    runner = it->second.get();
+  }
+  return runner->CheckAdmission(deadline);
 }
 
 absl::StatusOr<EmbeddingRunner*> EmbeddingService::RunnerFor(

@@ -84,6 +84,11 @@ class EmbeddingService final : public EmbeddingServiceBase {
   absl::StatusOr<PreparedEmbed> PrepareEmbed(const maskserve::v1::EmbedRequest& request) const;
 
   // The batcher of a READY encoder model, created on first use.
+  // Refuses early (before tokenisation) what the model's batching queue
+  // would refuse anyway (DynamicBatcher::CheckAdmission); OK when the model
+  // has no queue yet.
+  absl::Status RefuseEarly(const std::string& model, absl::Time deadline);
+
   absl::StatusOr<EmbeddingRunner*> RunnerFor(const std::string& name,
                                              std::shared_ptr<const engine::LoadedModel> model);
 

@@ -19,6 +19,7 @@ import soak  # noqa: E402
 
 BUILD = harness.BUILD_DIR
 HAVE_BENCH = os.path.exists(os.path.join(BUILD, "client", "maskserve-bench"))
+SANITIZED = os.environ.get("MASKSERVE_SANITIZED") == "1"
 
 
 @unittest.skipUnless(HAVE_BENCH, f"{BUILD}/client/maskserve-bench not built")
@@ -45,7 +46,10 @@ class SoakOverloadSmokeTest(unittest.TestCase):
         print(out.getvalue())
         main = r["shed_on_deadline"]
         self.assertGreater(main["shed"], 0, json.dumps(r))
-        self.assertLess(main["shed_latency_ms"]["p50"], 50, json.dumps(r))
+        # A refused request has been parsed and tokenised (16 sentences) on
+        # the saturated cores first: tens of milliseconds in a Release build,
+        # hundreds under ASan, where only the mechanics are checked.
+        self.assertLess(main["shed_latency_ms"]["p50"], 500 if SANITIZED else 50, json.dumps(r))
         self.assertLessEqual(main["accepted_latency_ms"]["p99"], 500, json.dumps(r))
         self.assertGreater(main["ok"], 0)
 

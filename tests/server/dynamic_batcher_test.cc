@@ -791,11 +791,18 @@ TEST(DynamicBatcherTest, ShedsARequestTheQueueWouldMakeLate) {
   EXPECT_NE(shed.status().message().find("overloaded"), absl::string_view::npos)
       << shed.status();
   EXPECT_EQ(RetryAfterOf(shed.status()), absl::Milliseconds(200));
+  // Before tokenising, only the 200 ms of work ahead is known: refused when
+  // that alone is past half the time left (350 ms), not otherwise (550 ms).
+  absl::Status early = batcher->CheckAdmission(clock.Now() + absl::Milliseconds(350));
+  EXPECT_EQ(early.code(), absl::StatusCode::kResourceExhausted) << early;
+  EXPECT_EQ(RetryAfterOf(early), absl::Milliseconds(200));
+  EXPECT_TRUE(batcher->CheckAdmission(clock.Now() + absl::Milliseconds(550)).ok());
+  EXPECT_EQ(batcher->CheckAdmission(clock.Now()).code(), absl::StatusCode::kDeadlineExceeded);
   ASSERT_TRUE(
       batcher->Submit(Inputs({{5, 10}}), clock.Now() + absl::Milliseconds(600), e.Fn()).ok());
   auto rejected = registry.AddCounter("maskserve_requests_rejected_total", "", {"model", "reason"});
   ASSERT_TRUE(rejected.ok());
-  EXPECT_EQ((*rejected)->WithLabels({"m", "shed"})->Value(), 1);
+  EXPECT_EQ((*rejected)->WithLabels({"m", "shed"})->Value(), 2);
   release.Notify();
   EXPECT_TRUE(b.Wait().ok());
   EXPECT_TRUE(c.Wait().ok());
