@@ -68,19 +68,9 @@ class EmbedCall final : public grpc::ServerUnaryReactor {
         start_(absl::Now()) {}
 
   void Start() {
-    if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
-      life_.Release();
-      Finish(ToGrpcStatus(s));
-      return;
-    }
-    absl::Status queued = service_->deps().pool->Submit([this] {
-      Prepare();
-      if (life_.Release()) delete this;
-    });
-    if (!queued.ok()) {
-      life_.Release();
-      Finish(ToGrpcStatus(queued));
-    }
+    absl::Status s = AdmitCall(*context_, *service_->deps().registry);
+    if (s.ok()) s = life_.SubmitHolding(service_->deps().pool, this, [this] { Prepare(); });
+    if (!s.ok()) Finish(ToGrpcStatus(s));
   }
 
   void OnCancel() override {

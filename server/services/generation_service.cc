@@ -117,19 +117,9 @@ class GenerateCall final : public grpc::ServerUnaryReactor {
         start_(absl::Now()) {}
 
   void Start() {
-    if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
-      life_.Release();
-      Finish(ToGrpcStatus(s));
-      return;
-    }
-    absl::Status queued = service_->deps().pool->Submit([this] {
-      Prepare();
-      if (life_.Release()) delete this;
-    });
-    if (!queued.ok()) {
-      life_.Release();
-      Finish(ToGrpcStatus(queued));
-    }
+    absl::Status s = AdmitCall(*context_, *service_->deps().registry);
+    if (s.ok()) s = life_.SubmitHolding(service_->deps().pool, this, [this] { Prepare(); });
+    if (!s.ok()) Finish(ToGrpcStatus(s));
   }
 
   void OnCancel() override {
@@ -223,19 +213,9 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<grpc::ByteBuffe
       : service_(service), context_(context), raw_request_(request), start_(absl::Now()) {}
 
   void Start() {
-    if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
-      life_.Release();
-      FinishNow(ToGrpcStatus(s));
-      return;
-    }
-    absl::Status queued = service_->deps().pool->Submit([this] {
-      Prepare();
-      if (life_.Release()) delete this;
-    });
-    if (!queued.ok()) {
-      life_.Release();
-      FinishNow(ToGrpcStatus(queued));
-    }
+    absl::Status s = AdmitCall(*context_, *service_->deps().registry);
+    if (s.ok()) s = life_.SubmitHolding(service_->deps().pool, this, [this] { Prepare(); });
+    if (!s.ok()) FinishNow(ToGrpcStatus(s));
   }
 
   void OnCancel() override {
@@ -450,19 +430,9 @@ class ParaphraseCall final : public grpc::ServerUnaryReactor {
         start_(absl::Now()) {}
 
   void Start() {
-    if (absl::Status s = AdmitCall(*context_, *service_->deps().registry); !s.ok()) {
-      life_.Release();
-      Finish(ToGrpcStatus(s));
-      return;
-    }
-    absl::Status queued = service_->deps().pool->Submit([this] {
-      Prepare();
-      if (life_.Release()) delete this;
-    });
-    if (!queued.ok()) {
-      life_.Release();
-      Finish(ToGrpcStatus(queued));
-    }
+    absl::Status s = AdmitCall(*context_, *service_->deps().registry);
+    if (s.ok()) s = life_.SubmitHolding(service_->deps().pool, this, [this] { Prepare(); });
+    if (!s.ok()) Finish(ToGrpcStatus(s));
   }
 
   void OnCancel() override {
@@ -606,15 +576,9 @@ class ParaphraseCall final : public grpc::ServerUnaryReactor {
     gen_ = std::move(*result);
     // Embed submits to the embedding batcher, whose completion may finish
     // the call before Embed has returned.
-    life_.Acquire();
-    absl::Status queued = service_->deps().pool->Submit([this] {
-      Embed();
-      if (life_.Release()) delete this;
-    });
-    if (!queued.ok()) {
-      life_.Release();  // OnDone still holds it
-      Finish(ToGrpcStatus(queued));
-    }
+    absl::Status queued =
+        life_.SubmitHolding(service_->deps().pool, this, [this] { Embed(); });
+    if (!queued.ok()) Finish(ToGrpcStatus(queued));
   }
 
   void Embed() {

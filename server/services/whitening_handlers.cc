@@ -43,15 +43,9 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> 
   void OnReadDone(bool ok) override {
     if (!ok) {
       // The client closed its side: fit and store on the pool (fsync).
-      life_.Acquire();
-      absl::Status queued = service_->deps().pool->Submit([this] {
-        FinishFit();
-        if (life_.Release()) delete this;
-      });
-      if (!queued.ok()) {
-        life_.Release();  // OnDone still holds it
-        Fail(queued);
-      }
+      absl::Status queued =
+          life_.SubmitHolding(service_->deps().pool, this, [this] { FinishFit(); });
+      if (!queued.ok()) Fail(queued);
       return;
     }
     absl::Status s = ConsumeMessage();
@@ -169,14 +163,12 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> 
     texts_seen_ += message_.texts_size();
     std::lock_guard<std::mutex> lock(mu_);
     if (cancelled_) return absl::CancelledError("the client cancelled the call");
-    life_.Acquire();  // the completion below lets go
     absl::StatusOr<RequestHandle> handle = runner_->Submit(
-        std::move(inputs), absl::InfiniteFuture(), [this](EmbedBatcher::Result result) {
-          OnEmbedded(std::move(result));
-          if (life_.Release()) delete this;
-        });
+        std::move(inputs), absl::InfiniteFuture(),
+        life_.Holding(this,
+                      [this](EmbedBatcher::Result result) { OnEmbedded(std::move(result)); }));
     if (!handle.ok()) {
-      life_.Release();  // OnDone still holds it
+      life_.Release();  // the completion will never run; OnDone still holds it
       return handle.status();
     }
     handle_ = *handle;
@@ -250,7 +242,7 @@ class FitWhiteningCall final : public grpc::ServerReadReactor<grpc::ByteBuffer> 
   grpc::CallbackServerContext* context_;
   grpc::ByteBuffer* raw_response_;
   // OnDone, the embedding batch in flight and the fit on the pool.
-  ReactorLifetime life_{1};
+  ReactorLifetime life_;
   grpc::ByteBuffer raw_message_;
   pb::FitWhiteningRequest message_;
   int64_t messages_seen_ = 0;

@@ -2,42 +2,43 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 namespace maskserve::server {
 namespace {
 
+struct Case {
+  int workers, intra_op_threads, cores;  // the inputs
+  int embed_workers, embed_threads, engine_threads;  // the plan
+};
+
+void ExpectPlans(const std::vector<Case>& cases) {
+  for (const Case& c : cases) {
+    const EngineThreadPlan p = PlanEngineThreads(c.workers, c.intra_op_threads, c.cores);
+    SCOPED_TRACE(::testing::Message() << "workers=" << c.workers << " intra=" << c.intra_op_threads
+                                    << " cores=" << c.cores);
+    EXPECT_EQ(p.embed_workers, c.embed_workers);
+    EXPECT_EQ(p.embed_threads, c.embed_threads);
+    EXPECT_EQ(p.engine_threads, c.engine_threads);
+  }
+}
+
 TEST(EngineThreadsTest, AutomaticSplitsEmbeddingInTwoAndGivesGenerationEverything) {
-  const EngineThreadPlan two = PlanEngineThreads(0, 0, 2);
-  EXPECT_EQ(two.embed_workers, 2);
-  EXPECT_EQ(two.embed_threads, 1);
-  EXPECT_EQ(two.engine_threads, 2);
-  const EngineThreadPlan sixteen = PlanEngineThreads(0, 0, 16);
-  EXPECT_EQ(sixteen.embed_workers, 2);
-  EXPECT_EQ(sixteen.embed_threads, 8);
-  EXPECT_EQ(sixteen.engine_threads, 16);
-  const EngineThreadPlan odd = PlanEngineThreads(0, 0, 3);
-  EXPECT_EQ(odd.embed_workers * odd.embed_threads, 2);  // never more than the budget
-  const EngineThreadPlan one = PlanEngineThreads(0, 0, 1);
-  EXPECT_EQ(one.embed_workers, 1);
-  EXPECT_EQ(one.embed_threads, 1);
-  EXPECT_EQ(one.engine_threads, 1);
-  const EngineThreadPlan unknown = PlanEngineThreads(0, 0, 0);
-  EXPECT_EQ(unknown.embed_workers, 1);
-  EXPECT_EQ(unknown.engine_threads, 1);
+  ExpectPlans({
+      {0, 0, 2, 2, 1, 2},
+      {0, 0, 16, 2, 8, 16},
+      {0, 0, 3, 2, 1, 3},  // never more embedding threads than the budget
+      {0, 0, 1, 1, 1, 1},
+      {0, 0, 0, 1, 1, 1},  // an unknown budget counts as one core
+  });
 }
 
 TEST(EngineThreadsTest, ExplicitWorkersAndThreadsApplyToBoth) {
-  const EngineThreadPlan w = PlanEngineThreads(4, 0, 8);
-  EXPECT_EQ(w.embed_workers, 4);
-  EXPECT_EQ(w.embed_threads, 2);
-  EXPECT_EQ(w.engine_threads, 2);
-  const EngineThreadPlan wt = PlanEngineThreads(1, 3, 8);
-  EXPECT_EQ(wt.embed_workers, 1);
-  EXPECT_EQ(wt.embed_threads, 3);
-  EXPECT_EQ(wt.engine_threads, 3);
-  const EngineThreadPlan t = PlanEngineThreads(0, 4, 8);
-  EXPECT_EQ(t.embed_workers, 2);
-  EXPECT_EQ(t.embed_threads, 4);
-  EXPECT_EQ(t.engine_threads, 4);
+  ExpectPlans({
+      {4, 0, 8, 4, 2, 2},
+      {1, 3, 8, 1, 3, 3},
+      {0, 4, 8, 2, 4, 4},
+  });
 }
 
 }  // namespace
